@@ -1,0 +1,64 @@
+"""The credit-default pipeline (the seed's Azure ML pipeline) as a Prefect flow.
+
+    data_prep -> train -> evaluate -> gate (auc >= min_auc) -> register
+
+Run it: `python flows/credit_default.py` (synthetic sample) or
+`python flows/credit_default.py --data path/to/credit_default.csv`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from prefect_ml import gate, load_component, pipeline, register_model
+from prefect_ml.samples import credit_default_sample
+from prefect_ml.settings import get_settings
+
+COMPONENTS = Path(__file__).resolve().parent.parent / "components"
+data_prep = load_component(COMPONENTS / "data_prep" / "component.yaml")
+train = load_component(COMPONENTS / "train" / "component.yaml")
+evaluate = load_component(COMPONENTS / "evaluate" / "component.yaml")
+
+
+@pipeline(name="credit-default", log_prints=True)
+def credit_default(
+    data: Annotated[Optional[str], Field(description="CSV (path, URI or asset:NAME:VERSION) with the UCI credit-default columns; empty = synthetic sample")] = None,
+    test_train_ratio: Annotated[float, Field(gt=0.0, lt=1.0, description="Share of rows held out for evaluation")] = 0.25,
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0, description="Gradient boosting learning rate")] = 0.1,
+    n_estimators: Annotated[int, Field(ge=1, le=5000, description="Number of boosting stages")] = 100,
+    min_auc: Annotated[float, Field(ge=0.0, le=1.0, description="Register the model only if test AUC >= this")] = 0.7,
+    registered_model_name: Annotated[str, Field(min_length=1, description="MLflow registered model name")] = "credit_defaults_model",
+) -> dict:
+    if not data:
+        data = str(credit_default_sample(get_settings().home_path / "samples" / "credit_default_synthetic.csv"))
+        print(f"no data given: using the synthetic sample {data}")
+    prep = data_prep(data=data, test_train_ratio=test_train_ratio)
+    model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators)
+    report = evaluate(model=model.outputs.model, test_data=prep.outputs.test_data)
+    result = {"model": model.outputs.model, "metrics": report.outputs.metrics, "report": report.outputs.report}
+    if gate(report.outputs.metrics, "auc", ">=", min_auc):
+        result["registered"] = register_model(model.outputs.model, name=registered_model_name, metrics=report.outputs.metrics)
+    else:
+        result["registered"] = None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--min-auc", type=float, default=0.7)
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    args = parser.parse_args()
+    out = credit_default(data=args.data, min_auc=args.min_auc, learning_rate=args.learning_rate)
+    print(json.dumps(out, indent=2, default=str))
+    if out["registered"]:
+        print(f"\nRegistered model: {out['registered']['uri']} (version {out['registered']['version']})")
+        print(f"MLflow tracking URI: {get_settings().mlflow_tracking_uri}")
+
+
+if __name__ == "__main__":
+    main()

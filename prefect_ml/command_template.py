@@ -1,0 +1,83 @@
+"""Azure ML-style command templates: `${{inputs.x}}`, `${{outputs.y}}` and optional `$[[ ... ]]` fragments.
+
+A template is split into arguments *before* values are substituted, so a value always reaches
+the program as one literal argument: no shell ever sees it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([^\s}]*)\s*\}\}")
+FRAGMENT = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
+SHELL_OPERATORS = {"&&", "||", "|", ";", ">", ">>", "<", "&", "2>", "2>&1", "1>&2"}
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    kind: str  # "inputs" or "outputs"
+    name: str
+    optional_fragment: bool
+
+
+def placeholders(template: str) -> list[Placeholder]:
+    """Every placeholder in `template`, marked with whether it sits inside a `$[[ ]]` fragment."""
+    found: list[Placeholder] = []
+    inside = set()
+    for fragment in FRAGMENT.finditer(template):
+        for m in PLACEHOLDER.finditer(fragment.group(1)):
+            inside.add((m.group(1), m.group(2)))
+            found.append(Placeholder(m.group(1), m.group(2), True))
+    outside = FRAGMENT.sub(" ", template)
+    for m in PLACEHOLDER.finditer(outside):
+        found.append(Placeholder(m.group(1), m.group(2), False))
+    return found
+
+
+def shell_operators(template: str) -> list[str]:
+    """Shell operators that appear as separate words (they would be passed literally, not interpreted)."""
+    try:
+        words = shlex.split(FRAGMENT.sub(lambda m: m.group(1), template))
+    except ValueError:
+        return []
+    return [w for w in words if w in SHELL_OPERATORS]
+
+
+def check_syntax(template: str) -> Optional[str]:
+    """Return a description of a syntax problem, or None."""
+    if template.count("$[[") != template.count("]]"):
+        return "unbalanced optional fragment: each '$[[' needs a closing ']]'"
+    try:
+        shlex.split(FRAGMENT.sub(lambda m: m.group(1), template))
+    except ValueError as exc:
+        return f"cannot split the command into arguments ({exc}); check its quotes"
+    leftover = PLACEHOLDER.sub("", template)
+    if "${{" in leftover:
+        return "a '${{' that is not a placeholder of the form ${{inputs.NAME}} or ${{outputs.NAME}}"
+    return None
+
+
+def render(template: str, inputs: Mapping[str, Optional[str]], outputs: Mapping[str, str]) -> list[str]:
+    """Render `template` into an argv list.
+
+    `inputs` maps every input name to its text form (None when unset); `outputs` maps every
+    output name to its path. A fragment whose inputs are not all set is dropped whole.
+    """
+
+    def keep_fragment(m: re.Match) -> str:
+        names = [p.group(2) for p in PLACEHOLDER.finditer(m.group(1)) if p.group(1) == "inputs"]
+        return m.group(1) if all(inputs.get(n) is not None for n in names) else " "
+
+    expanded = FRAGMENT.sub(keep_fragment, template)
+
+    def value(m: re.Match) -> str:
+        kind, name = m.group(1), m.group(2)
+        v = inputs.get(name) if kind == "inputs" else outputs.get(name)
+        if v is None:
+            raise KeyError(f"{kind}.{name}")
+        return v
+
+    return [PLACEHOLDER.sub(value, word) for word in shlex.split(expanded)]

@@ -1,0 +1,381 @@
+"""Components: typed, reusable step definitions (Azure ML command components).
+
+A component is plain data: its inputs, outputs, code dir, command and environment. Calling it
+inside a `@pipeline` submits a step; outside a pipeline it runs the step at once (see `__call__`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Union
+
+import yaml
+
+from prefect_ml import command_template
+from prefect_ml.errors import ComponentError, StepInputError
+
+INPUT_TYPES = ("uri_file", "uri_folder", "mlflow_model", "string", "integer", "number", "boolean")
+OUTPUT_TYPES = ("uri_file", "uri_folder", "mlflow_model", "metrics")
+DATA_TYPES = ("uri_file", "uri_folder", "mlflow_model")
+CALL_OPTIONS = ("infrastructure", "cache", "retries", "timeout")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+YAML_KEYS = {
+    "$schema", "name", "version", "display_name", "description", "type", "tags", "inputs",
+    "outputs", "code", "environment", "command", "is_deterministic", "retries", "timeout",
+    "infrastructure", "resources", "distribution", "environment_variables",
+}
+IGNORED_AZURE_KEYS = {"resources", "distribution"}
+
+
+@dataclass(frozen=True)
+class Input:
+    """A typed component input.
+
+    Example:
+        Input(type="number", default=0.1, min=0.0, max=1.0, description="Learning rate")
+    """
+
+    type: str
+    default: Any = None
+    optional: bool = False
+    enum: Optional[list] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    description: str = ""
+
+    @property
+    def is_data(self) -> bool:
+        return self.type in DATA_TYPES
+
+    @property
+    def required(self) -> bool:
+        return not self.optional and self.default is None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A typed component output: `uri_file`, `uri_folder`, `mlflow_model` or `metrics` (JSON name -> number)."""
+
+    type: str = "uri_folder"
+    description: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        return self.type in ("uri_file", "metrics")
+
+
+def coerce(value: Any, spec: Input, *, where: str) -> Any:
+    """Check a primitive value against its spec and return it in canonical form; raise with a fix."""
+    t = spec.type
+    got = f"{type(value).__name__} {value!r}"
+    if t == "boolean":
+        if not isinstance(value, bool):
+            raise StepInputError(f"{where}: expects a boolean (true/false), got {got}; pass True or False.")
+    elif t == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise StepInputError(f"{where}: expects an integer, got {got}; pass a whole number such as 100.")
+    elif t == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StepInputError(f"{where}: expects a number, got {got}; pass a number such as 0.1, not a string.")
+        value = float(value)
+    elif t == "string":
+        if not isinstance(value, str):
+            raise StepInputError(f"{where}: expects a string, got {got}; pass text (str).")
+    if spec.enum is not None and value not in spec.enum:
+        raise StepInputError(f"{where}: {value!r} is not one of the allowed values {spec.enum}.")
+    if spec.min is not None and value < spec.min:
+        raise StepInputError(f"{where}: {value!r} is below the minimum {spec.min}; pass a value >= {spec.min}.")
+    if spec.max is not None and value > spec.max:
+        raise StepInputError(f"{where}: {value!r} is above the maximum {spec.max}; pass a value <= {spec.max}.")
+    return value
+
+
+def render_value(value: Any) -> str:
+    """The text a primitive value takes on the command line."""
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A reusable, typed ML step. Build one with `command(...)` or `load_component(path)`."""
+
+    name: str
+    command: str
+    code: Path
+    inputs: Mapping[str, Input] = field(default_factory=dict)
+    outputs: Mapping[str, Output] = field(default_factory=dict)
+    version: str = "1"
+    display_name: Optional[str] = None
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    environment: Optional[str] = None
+    environment_variables: Mapping[str, str] = field(default_factory=dict)
+    infrastructure: Optional[str] = None
+    cache: bool = True
+    retries: int = 0
+    timeout: Optional[float] = None
+    source: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- calling ---------------------------------------------------------------------------
+    def with_options(self, **options: Any) -> "Component":
+        """A copy with other call options (`infrastructure`, `cache`, `retries`, `timeout`), like Prefect's `Task.with_options`."""
+        unknown = set(options) - set(CALL_OPTIONS)
+        if unknown:
+            raise ComponentError(f"component '{self.name}': unknown option(s) {sorted(unknown)}; use {list(CALL_OPTIONS)}.")
+        return replace(self, **options)
+
+    def bind(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate call arguments against the spec: every problem is reported before anything runs."""
+        unknown = [k for k in kwargs if k not in self.inputs]
+        if unknown:
+            raise StepInputError(
+                f"component '{self.name}': unknown input(s) {unknown}; declared inputs are {sorted(self.inputs)}."
+            )
+        bound: dict[str, Any] = {}
+        for name, spec in self.inputs.items():
+            where = f"component '{self.name}', input '{name}'"
+            value = kwargs.get(name, spec.default)
+            if value is None:
+                if spec.required:
+                    raise StepInputError(
+                        f"{where} is required but was not given; pass {name}=... when calling '{self.name}'."
+                    )
+                bound[name] = None
+                continue
+            if spec.is_data:
+                bound[name] = value  # a URI, a path, a step output or a data asset; checked when staged
+            else:
+                from prefect_ml.pipeline import OutputRef
+
+                if isinstance(value, OutputRef):
+                    raise StepInputError(
+                        f"{where}: is of type '{spec.type}' but got the output '{value.name}' of step "
+                        f"'{value.step_name}'; only uri_file/uri_folder/mlflow_model inputs take step outputs."
+                    )
+                bound[name] = coerce(value, spec, where=where)
+        return bound
+
+    def __call__(self, **kwargs: Any):
+        """Submit this component as a step of the running pipeline and return a `Step` at once.
+
+        Outside a pipeline the step runs at once in a standalone Prefect task and the returned
+        `Step` is already finished (handy to try a component on its own).
+        """
+        from prefect_ml.pipeline import submit_step
+
+        options = {k: kwargs.pop(k) for k in CALL_OPTIONS if k in kwargs}
+        return submit_step(self.with_options(**options) if options else self, kwargs)
+
+
+def _where(component_name: str, source: Optional[Path]) -> str:
+    return f"component '{component_name}'" + (f" ({source})" if source else "")
+
+
+def validate(c: Component) -> None:
+    """Check everything that can be checked without running: names, types, defaults, placeholders, code dir."""
+    where = _where(c.name, c.source)
+    if not c.name or not COMPONENT_NAME.match(c.name):
+        raise ComponentError(f"{where}: name {c.name!r} is invalid; use letters, digits, '_', '-' or '.'.")
+    if not c.command or not c.command.strip():
+        raise ComponentError(f"{where}: key 'command' is empty; give the command to run, e.g. 'python train.py'.")
+    for kind, specs, allowed in (("inputs", c.inputs, INPUT_TYPES), ("outputs", c.outputs, OUTPUT_TYPES)):
+        for name, spec in specs.items():
+            key = f"{where}: key '{kind}.{name}'"
+            if not IDENTIFIER.match(name):
+                raise ComponentError(
+                    f"{key}: {name!r} is not a plain identifier; use letters, digits and '_' (e.g. 'train_data')."
+                )
+            if kind == "inputs" and name in CALL_OPTIONS:
+                raise ComponentError(f"{key}: '{name}' is reserved for call options {list(CALL_OPTIONS)}; rename the input.")
+            if spec.type not in allowed:
+                raise ComponentError(f"{key}: unknown type {spec.type!r}; use one of {list(allowed)}.")
+        if kind == "outputs":
+            continue
+        for name, spec in specs.items():
+            key = f"{where}: key 'inputs.{name}'"
+            if spec.is_data and (spec.enum or spec.min is not None or spec.max is not None):
+                raise ComponentError(f"{key}: enum/min/max apply to primitive inputs only, not '{spec.type}'.")
+            if (spec.min is not None or spec.max is not None) and spec.type not in ("integer", "number"):
+                raise ComponentError(f"{key}: min/max apply to integer and number inputs only.")
+            if spec.enum is not None and not spec.is_data:
+                for option in spec.enum:
+                    try:
+                        coerce(option, Input(type=spec.type), where=f"{key} enum value")
+                    except StepInputError as exc:
+                        raise ComponentError(f"{exc} Fix the enum in the component.") from None
+            if spec.default is not None and not spec.is_data:
+                try:
+                    coerce(spec.default, spec, where=f"{key} default")
+                except StepInputError as exc:
+                    raise ComponentError(f"{exc} Fix the default in the component.") from None
+    overlap = set(c.inputs) & set(c.outputs)
+    if overlap:
+        raise ComponentError(f"{where}: {sorted(overlap)} declared as both input and output; rename one.")
+    problem = command_template.check_syntax(c.command)
+    if problem:
+        raise ComponentError(f"{where}: key 'command': {problem}.")
+    for p in command_template.placeholders(c.command):
+        declared = c.inputs if p.kind == "inputs" else c.outputs
+        if p.name not in declared:
+            raise ComponentError(
+                f"{where}: key 'command' uses ${{{{{p.kind}.{p.name}}}}} but no {p.kind[:-1]} '{p.name}' is declared; "
+                f"declared {p.kind}: {sorted(declared) or 'none'}. Declare it under '{p.kind}' or fix the name."
+            )
+        if p.kind == "inputs" and not p.optional_fragment:
+            spec = c.inputs[p.name]
+            if spec.optional and spec.default is None:
+                raise ComponentError(
+                    f"{where}: key 'command': optional input '{p.name}' is used outside an optional fragment; "
+                    f"wrap it as $[[ --{p.name} ${{{{inputs.{p.name}}}}} ]] so it vanishes when unset."
+                )
+    ops = command_template.shell_operators(c.command)
+    if ops:
+        raise ComponentError(
+            f"{where}: key 'command' contains shell operator(s) {ops}; commands run without a shell so values "
+            "stay literal. Put the pipeline into a script in the code dir, or use 'bash -c' explicitly."
+        )
+    if not c.code.is_dir():
+        raise ComponentError(
+            f"{where}: key 'code': directory {str(c.code)!r} does not exist; create it or fix the path "
+            "(relative paths are resolved against the component file)."
+        )
+
+
+def _input_from(name: str, raw: Any, where: str) -> Input:
+    if isinstance(raw, Input):
+        return raw
+    if isinstance(raw, str):
+        return Input(type=raw)
+    if not isinstance(raw, Mapping):
+        raise ComponentError(f"{where}: key 'inputs.{name}' must be a mapping with at least 'type'.")
+    allowed = {"type", "default", "optional", "enum", "min", "max", "description"}
+    extra = set(raw) - allowed
+    if extra:
+        raise ComponentError(f"{where}: key 'inputs.{name}': unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}.")
+    if "type" not in raw:
+        raise ComponentError(f"{where}: key 'inputs.{name}' has no 'type'; use one of {list(INPUT_TYPES)}.")
+    return Input(**raw)
+
+
+def _output_from(name: str, raw: Any, where: str) -> Output:
+    if isinstance(raw, Output):
+        return raw
+    if isinstance(raw, str):
+        return Output(type=raw)
+    if not isinstance(raw, Mapping):
+        raise ComponentError(f"{where}: key 'outputs.{name}' must be a mapping with at least 'type'.")
+    extra = set(raw) - {"type", "description", "mode"}
+    if extra:
+        raise ComponentError(f"{where}: key 'outputs.{name}': unknown field(s) {sorted(extra)}; allowed: type, description.")
+    return Output(type=raw.get("type", "uri_folder"), description=raw.get("description", ""))
+
+
+def command(
+    *,
+    name: str,
+    command: str,
+    code: Union[str, Path] = ".",
+    inputs: Optional[Mapping[str, Any]] = None,
+    outputs: Optional[Mapping[str, Any]] = None,
+    version: str = "1",
+    environment: Optional[str] = None,
+    display_name: Optional[str] = None,
+    description: str = "",
+    tags: Optional[Mapping[str, str]] = None,
+    environment_variables: Optional[Mapping[str, str]] = None,
+    infrastructure: Optional[str] = None,
+    cache: bool = True,
+    retries: int = 0,
+    timeout: Optional[float] = None,
+) -> Component:
+    """Define a component in Python (like `azure.ai.ml.command`).
+
+    Example:
+        prep = command(
+            name="data_prep", code="components/data_prep", environment="sklearn-cpu",
+            command="python prep.py --data ${{inputs.data}} --out ${{outputs.train_data}}",
+            inputs={"data": Input(type="uri_file")}, outputs={"train_data": Output(type="uri_folder")},
+        )
+    """
+    where = f"component '{name}'"
+    return Component(
+        name=name,
+        command=command,
+        code=Path(code).expanduser().resolve(),
+        inputs={k: _input_from(k, v, where) for k, v in (inputs or {}).items()},
+        outputs={k: _output_from(k, v, where) for k, v in (outputs or {}).items()},
+        version=str(version),
+        environment=environment,
+        display_name=display_name,
+        description=description,
+        tags=dict(tags or {}),
+        environment_variables=dict(environment_variables or {}),
+        infrastructure=infrastructure,
+        cache=cache,
+        retries=retries,
+        timeout=timeout,
+    )
+
+
+def load_component(path: Union[str, Path]) -> Component:
+    """Load a component from YAML in the Azure ML CLI v2 `commandComponent` form.
+
+    Relative `code` paths resolve against the YAML file's directory; a missing `code` means that
+    directory. Errors name the file, the key and the fix.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ComponentError(f"{path}:{at}: invalid YAML: {problem}; fix the syntax there.") from None
+    if not isinstance(raw, Mapping):
+        raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
+    name = str(raw.get("name") or "")
+    where = f"component '{name}' ({path})"
+    unknown = set(raw) - YAML_KEYS
+    if unknown:
+        raise ComponentError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(YAML_KEYS)}.")
+    kind = raw.get("type", "command")
+    if kind != "command":
+        raise ComponentError(f"{where}: key 'type' is {kind!r}; only 'command' components are supported.")
+    if not name:
+        raise ComponentError(f"{path}: key 'name' is missing; give the component a name.")
+    if "command" not in raw:
+        raise ComponentError(f"{where}: key 'command' is missing; give the command to run.")
+    env = raw.get("environment")
+    if isinstance(env, Mapping):
+        raise ComponentError(f"{where}: key 'environment': give the name of an environment in environments/, not an inline spec.")
+    code = Path(str(raw.get("code", "."))).expanduser()
+    component = Component(
+        name=name,
+        command=str(raw["command"]).strip(),
+        code=(path.parent / code).resolve() if not code.is_absolute() else code,
+        inputs={k: _input_from(k, v, where) for k, v in (raw.get("inputs") or {}).items()},
+        outputs={k: _output_from(k, v, where) for k, v in (raw.get("outputs") or {}).items()},
+        version=str(raw.get("version", "1")),
+        display_name=raw.get("display_name"),
+        description=str(raw.get("description") or ""),
+        tags={str(k): str(v) for k, v in (raw.get("tags") or {}).items()},
+        environment=str(env).removeprefix("azureml:") if env else None,
+        environment_variables={str(k): str(v) for k, v in (raw.get("environment_variables") or {}).items()},
+        infrastructure=raw.get("infrastructure"),
+        cache=bool(raw.get("is_deterministic", True)),
+        retries=int(raw.get("retries", 0)),
+        timeout=raw.get("timeout"),
+        source=path,
+    )
+    return component

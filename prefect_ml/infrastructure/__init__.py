@@ -1,0 +1,74 @@
+"""Infrastructure blocks: where a step runs. Resolve a name with `resolve_infrastructure`."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from prefect_ml.errors import InfrastructureError
+from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
+from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+
+BUILTINS = ("process", "docker")
+
+
+def block_types() -> list[type]:
+    types: list[type] = [ProcessStepInfrastructure]
+    try:
+        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+        types.append(DockerStepInfrastructure)
+    except ImportError:  # pragma: no cover - docker support is optional at import time
+        pass
+    return types
+
+
+def saved_names() -> list[str]:
+    """Names of saved infrastructure blocks of every prefect-ml type."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import BlockDocumentFilter, BlockTypeFilter, BlockTypeFilterSlug
+
+    names: list[str] = []
+    with get_client(sync_client=True) as client:
+        for t in block_types():
+            docs = client.read_block_documents(
+                block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=[t.get_block_type_slug()]))
+            ) if hasattr(client, "read_block_documents") else []
+            names += [d.name for d in docs if d.name and not d.is_anonymous]
+    return sorted(set(names))
+
+
+def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepInfrastructure:
+    """A block instance, a built-in name (`process`, `docker`), or the name of a saved block."""
+    from prefect_ml.settings import get_settings
+
+    if isinstance(value, StepInfrastructure):
+        return value
+    name = value or get_settings().infrastructure
+    if name == "process":
+        return ProcessStepInfrastructure()
+    if name == "docker":
+        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+        return DockerStepInfrastructure()
+    for t in block_types():
+        try:
+            return t.load(name)
+        except (ValueError, Exception):  # not saved under this type
+            continue
+    try:
+        known = saved_names()
+    except Exception:  # noqa: BLE001 - listing is best effort for the message
+        known = []
+    raise InfrastructureError(
+        f"unknown infrastructure {name!r}; saved infrastructure blocks: {known or 'none'}; built-ins: "
+        f"{list(BUILTINS)}. Save one (e.g. `prefect-ml init`) or fix the name."
+    )
+
+
+__all__ = [
+    "ProcessStepInfrastructure",
+    "StepInfrastructure",
+    "StepJob",
+    "StepOutcome",
+    "resolve_infrastructure",
+]

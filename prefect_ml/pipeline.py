@@ -1,0 +1,258 @@
+"""`@pipeline`: a Prefect flow in which calling a component submits a step.
+
+Steps are submitted to the flow's task runner and return at once; a step that takes another
+step's output waits for it (Prefect resolves the future), so order follows data and independent
+steps run concurrently.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import Counter
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+
+from prefect_ml import storage, tracking
+from prefect_ml.component import Component
+from prefect_ml.errors import StepInputError
+from prefect_ml.settings import get_settings
+from prefect_ml.step import UPSTREAM, Opaque, RunSpec, StepResult, run_step
+
+_current: ContextVar[Optional["PipelineRun"]] = ContextVar("prefect_ml_pipeline_run", default=None)
+
+
+@dataclass
+class PipelineRun:
+    """State of one running pipeline (lives in the flow's context)."""
+
+    spec: RunSpec
+    steps: list["Step"] = field(default_factory=list)
+    names: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def step_name(self, component: Component) -> str:
+        with self.lock:
+            self.names[component.name] += 1
+            n = self.names[component.name]
+        return component.name if n == 1 else f"{component.name}-{n}"
+
+
+def current_run() -> Optional[PipelineRun]:
+    return _current.get()
+
+
+class OutputRef:
+    """One output of a submitted step; pass it as another component's data input."""
+
+    def __init__(self, step: "Step", name: str):
+        self.step = step
+        self.name = name
+
+    @property
+    def step_name(self) -> str:
+        return self.step.name
+
+    def uri(self) -> str:
+        """Wait for the producing step and return this output's URI."""
+        return self.step.result().outputs[self.name]
+
+    def __repr__(self) -> str:
+        return f"OutputRef({self.step.name}.outputs.{self.name})"
+
+
+class _Outputs:
+    def __init__(self, step: "Step"):
+        self._step = step
+
+    def __getattr__(self, name: str) -> OutputRef:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._step.component.outputs:
+            raise AttributeError(
+                f"step '{self._step.name}' has no output '{name}'; outputs are {sorted(self._step.component.outputs)}."
+            )
+        return OutputRef(self._step, name)
+
+    def __getitem__(self, name: str) -> OutputRef:
+        return self.__getattr__(name)
+
+    def __iter__(self):
+        return iter(self._step.component.outputs)
+
+
+class Step:
+    """A submitted (or, outside a pipeline, finished) call of a component."""
+
+    def __init__(self, name: str, component: Component, future: Optional[PrefectFuture] = None,
+                 result: Optional[StepResult] = None):
+        self.name = name
+        self.component = component
+        self.future = future
+        self._result = result
+        self.outputs = _Outputs(self)
+
+    def result(self) -> StepResult:
+        """Wait for the step and return its `StepResult` (raises if it failed)."""
+        if self._result is None:
+            self._result = self.future.result()
+        return self._result
+
+    def wait(self) -> None:
+        if self.future is not None:
+            self.future.wait()
+
+    def __repr__(self) -> str:
+        return f"Step({self.name!r})"
+
+
+def _check_data_input(component: Component, name: str, value: Any) -> Any:
+    """Literal data inputs must exist now: fail before anything starts."""
+    from prefect_ml.assets import is_asset_ref, resolve_asset
+
+    if isinstance(value, OutputRef):
+        out = value.step.component.outputs[value.name]
+        spec = component.inputs[name]
+        if out.type == "metrics" or (spec.type == "mlflow_model" and out.type != "mlflow_model"):
+            raise StepInputError(
+                f"component '{component.name}', input '{name}' ({spec.type}) cannot take output "
+                f"'{value.name}' ({out.type}) of step '{value.step_name}'."
+            )
+        return {UPSTREAM: value.step.future, "output": value.name}
+    if isinstance(value, str) and is_asset_ref(value):
+        value = resolve_asset(value)
+    if not isinstance(value, (str, Path)):
+        raise StepInputError(
+            f"component '{component.name}', input '{name}': expects a URI or path (str), a data asset or a step "
+            f"output, got {type(value).__name__}."
+        )
+    uri = storage.normalize(str(value))
+    if not storage.exists(uri):
+        raise StepInputError(
+            f"component '{component.name}', input '{name}': data {str(value)!r} does not exist; "
+            "check the path or URI (or register it as a data asset)."
+        )
+    return uri
+
+
+def submit_step(component: Component, kwargs: dict[str, Any]) -> Step:
+    """Validate a component call and submit it as a step (see `Component.__call__`)."""
+    bound = component.bind(kwargs)
+    params: dict[str, Any] = {}
+    for name, value in bound.items():
+        spec = component.inputs[name]
+        params[name] = _check_data_input(component, name, value) if spec.is_data and value is not None else value
+    run = current_run()
+    standalone = run is None
+    if standalone:
+        settings = get_settings()
+        run = PipelineRun(RunSpec(component.name, None, settings.resolved_artifact_root, "prefect-ml-steps",
+                                  None, None, True))
+    name = run.step_name(component)
+    task = run_step.with_options(
+        name=component.name,
+        task_run_name=name,
+        retries=component.retries,
+        timeout_seconds=component.timeout,
+    )
+    if standalone:
+        return Step(name, component, result=task(Opaque(component), params, Opaque(run.spec), name))
+    future = task.submit(Opaque(component), params, Opaque(run.spec), name)
+    step = Step(name, component, future)
+    run.steps.append(step)
+    return step
+
+
+def _resolve(value: Any) -> Any:
+    """Replace step outputs in a pipeline's return value with their URIs."""
+    if isinstance(value, OutputRef):
+        return value.uri()
+    if isinstance(value, Step):
+        return dict(value.result().outputs)
+    if isinstance(value, dict):
+        return {k: _resolve(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v) for v in value)
+    return value
+
+
+def pipeline(
+    fn: Optional[Callable] = None,
+    *,
+    name: Optional[str] = None,
+    infrastructure: Optional[str] = None,
+    cache: bool = True,
+    experiment: Optional[str] = None,
+    artifact_root: Optional[str] = None,
+    **flow_kwargs: Any,
+):
+    """Turn a function into a pipeline: a Prefect flow whose component calls are steps.
+
+    Args:
+        name: flow name (default: the function name with '_' -> '-').
+        infrastructure: default infrastructure for its steps (a saved block name, `process` or `docker`).
+        cache: reuse steps whose cache key is unchanged (per-component and per-call `cache=` too).
+        experiment: MLflow experiment (default: the flow name).
+        artifact_root: fsspec URI for outputs (default: `PREFECT_ML_ARTIFACT_ROOT`).
+        **flow_kwargs: passed to `prefect.flow` (retries, log_prints, description, ...).
+
+    Example:
+        @pipeline(infrastructure="cpu")
+        def my_pipeline(data: str, learning_rate: float = 0.1):
+            prep = data_prep(data=data)
+            model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate)
+            return {"model": model.outputs.model}
+    """
+
+    def decorate(func: Callable):
+        flow_name = name or func.__name__.replace("_", "-")
+
+        @functools.wraps(func)
+        def body(*args: Any, **kwargs: Any):
+            from prefect import runtime
+
+            settings = get_settings()
+            flow_run_id = str(runtime.flow_run.id)
+            root = storage.normalize(artifact_root or settings.resolved_artifact_root)
+            storage.ArtifactRoot(root)  # unknown scheme fails here, before any step
+            exp = experiment or flow_name
+            mlflow_run_id = tracking.start_run(
+                exp, f"{flow_name}-{runtime.flow_run.name}",
+                {"prefect.flow_run_id": flow_run_id, "prefect_ml.pipeline": flow_name, "prefect_ml.artifact_root": root},
+                params=dict(runtime.flow_run.parameters or {}),
+            )
+            run = PipelineRun(RunSpec(flow_name, flow_run_id, root, exp, mlflow_run_id,
+                                      infrastructure, cache and settings.cache))
+            token = _current.set(run)
+            ok = False
+            try:
+                result = func(*args, **kwargs)
+                failures = []
+                for step in list(run.steps):
+                    step.wait()
+                for step in list(run.steps):
+                    state = step.future.state
+                    if not state.is_completed():
+                        failures.append((step, state))
+                if failures:
+                    step, state = failures[0]
+                    state.result()  # raises the step's own error
+                    raise RuntimeError(f"step '{step.name}' ended {state.type.value}: {state.message}")
+                resolved = _resolve(result)
+                from prefect_ml.reporting import pipeline_summary
+
+                pipeline_summary(run)
+                ok = True
+                return resolved
+            finally:
+                _current.reset(token)
+                tracking.end_run(mlflow_run_id, ok)
+
+        return flow(name=flow_name, **flow_kwargs)(body)
+
+    return decorate(fn) if fn is not None else decorate

@@ -1,0 +1,67 @@
+"""prefect-ml settings, read from `PREFECT_ML_*` environment variables (Prefect's style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PrefectMLSettings(BaseSettings):
+    """Settings for prefect-ml. Each field reads `PREFECT_ML_<NAME>` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PREFECT_ML_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.prefect-ml"),
+        description="Holds the default artifact root, the MLflow store, venvs and staging dirs.",
+    )
+    artifact_root: Optional[str] = Field(
+        default=None,
+        description="fsspec URI under which step outputs are written (file://, s3://, abfs://). "
+        "Default: file://<home>/artifacts.",
+    )
+    infrastructure: str = Field(
+        default="process",
+        description="Infrastructure for steps that name none: a saved block name, or `process` / `docker`.",
+    )
+    cache: bool = Field(default=True, description="Reuse outputs of steps whose cache key is unchanged.")
+    base_image: str = Field(
+        default="python:3.11-slim", description="Base image for environments that name none."
+    )
+    build_ca_bundle: Optional[Path] = Field(
+        default=None,
+        description="Extra CA bundle copied into image builds and mounted into containers (TLS-inspecting proxies).",
+    )
+    storage_options: Optional[str] = Field(
+        default=None,
+        description="JSON object of fsspec storage options per protocol, e.g. "
+        '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}. Prefer the standard credential chains for secrets.',
+    )
+
+    @property
+    def home_path(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        if self.artifact_root:
+            return self.artifact_root.rstrip("/")
+        return (self.home_path / "artifacts").as_uri()
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        import os
+
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home_path / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.home_path / "mlartifacts").as_uri()
+
+
+def get_settings() -> PrefectMLSettings:
+    """Fresh settings from the current environment (cheap; read at each use so tests can change env)."""
+    return PrefectMLSettings()

@@ -1,0 +1,102 @@
+"""MLflow tracking: a parent run per pipeline run, a nested run per step.
+
+Only `MlflowClient` is used (no fluent API): steps run in threads, and the fluent API keeps its
+active-run stack per thread. `mlflow` is imported lazily because it costs ~2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from typing import Any, Mapping, Optional
+
+from prefect_ml.settings import get_settings
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
+def tracking_uri() -> str:
+    return get_settings().mlflow_tracking_uri
+
+
+def client():
+    """An MlflowClient for the configured tracking URI (cached per URI)."""
+    uri = tracking_uri()
+    with _lock:
+        if uri not in _clients:
+            from mlflow.tracking import MlflowClient
+
+            if uri.startswith("sqlite:///"):
+                from pathlib import Path
+
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _clients[uri] = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return _clients[uri]
+
+
+def experiment_id(name: str) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    kwargs = {}
+    if tracking_uri().startswith("sqlite:"):
+        kwargs["artifact_location"] = f"{get_settings().mlflow_artifact_location}/{name}"
+    try:
+        return c.create_experiment(name, **kwargs)
+    except Exception:  # created concurrently by another run
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _param(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]
+
+
+def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: Optional[str] = None,
+              params: Optional[Mapping[str, Any]] = None) -> str:
+    """Create a run (nested under `parent_run_id` if given) and return its id."""
+    from mlflow.entities import Param, RunTag
+
+    c = client()
+    all_tags = {k: str(v) for k, v in tags.items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+    if params:
+        c.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items() if v is not None])
+    return run.info.run_id
+
+
+def end_run(run_id: str, ok: bool) -> None:
+    client().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    from mlflow.entities import Metric
+    import time
+
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    if values:
+        client().log_batch(run_id, metrics=values)
+
+
+def run_link(run_id: str) -> str:
+    """A link to the run in the MLflow UI when the tracking URI is a server, else the run id."""
+    uri = tracking_uri()
+    if uri.startswith("http"):
+        run = client().get_run(run_id)
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {uri}"
