@@ -1,0 +1,19 @@
+"""`prefect-ml` command line, in Prefect's CLI style (typer, one sub-command group per module)."""
+
+from __future__ import annotations
+
+import typer
+
+from prefect_ml.cli import data, env, init, plan, run
+
+app = typer.Typer(
+    name="prefect-ml",
+    help="Azure ML / SageMaker-style ML pipelines on Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(env.app, name="env", help="Build and inspect environments (images and venvs).")
+app.add_typer(data.app, name="data", help="Register and inspect versioned data assets.")
+app.command("init", help="Create work pools and default infrastructure blocks (idempotent).")(init.init)
+app.command("plan", help="Show each step of a pipeline, its cache key and whether it would be reused.")(plan.plan)
+app.command("run", help="Run a pipeline from a file: prefect-ml run flows/x.py:flow --param k=v.")(run.run)
