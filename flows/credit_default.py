@@ -32,12 +32,14 @@ def credit_default(
     n_estimators: Annotated[int, Field(ge=1, le=5000, description="Number of boosting stages")] = 100,
     min_auc: Annotated[float, Field(ge=0.0, le=1.0, description="Register the model only if test AUC >= this")] = 0.7,
     registered_model_name: Annotated[str, Field(min_length=1, description="MLflow registered model name")] = "credit_defaults_model",
+    train_infrastructure: Annotated[Optional[str], Field(description="Infrastructure block for the train step (e.g. gpu); empty = the pipeline default")] = None,
 ) -> dict:
     if not data:
         data = str(credit_default_sample(get_settings().home_path / "samples" / "credit_default_synthetic.csv"))
         print(f"no data given: using the synthetic sample {data}")
     prep = data_prep(data=data, test_train_ratio=test_train_ratio)
-    model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators)
+    model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators,
+                  infrastructure=train_infrastructure)
     report = evaluate(model=model.outputs.model, test_data=prep.outputs.test_data)
     result = {"model": model.outputs.model, "metrics": report.outputs.metrics, "report": report.outputs.report}
     if gate(report.outputs.metrics, "auc", ">=", min_auc):
