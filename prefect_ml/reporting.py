@@ -1,27 +1,83 @@
-"""Prefect artifacts that summarise a pipeline run in the UI."""
+"""Prefect artifacts that summarise a pipeline run in the UI (the flow run's Artifacts tab).
+
+- `pipeline-<name>`: one row per step: cache hit/miss, duration, infrastructure, output URIs.
+- `metrics-<name>`: one row per metric of every `metrics` output (e.g. evaluate's auc).
+
+The gate decision and the registered model are artifacts of their own tasks (see `gate.py`).
+"""
 
 from __future__ import annotations
 
+import re
+
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from prefect_ml.errors import PrefectMLError
 
-def pipeline_summary(run) -> None:
-    """A table artifact: one row per step with reuse, duration, infrastructure and output URIs."""
+
+def artifact_key(prefix: str, pipeline: str) -> str:
+    """A valid Prefect artifact key (lowercase letters, digits, dashes; at most 60 characters)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-") or "pipeline"
+    return f"{prefix}-{slug}"[:60].rstrip("-")
+
+
+def summary_rows(run) -> list[dict]:
+    """One row per finished step of `run` (a `PipelineRun`)."""
     rows = []
     for step in run.steps:
         res = step.result()
         rows.append({
             "step": step.name,
             "component": f"{step.component.name}:{step.component.version}",
-            "reused": "cached" if res.cached else "ran",
+            "cache": "hit" if res.cached else "miss",
             "duration_s": round(res.duration_s, 2),
             "infrastructure": res.infrastructure,
             "cache_key": res.key,
             "outputs": ", ".join(f"{k}={v}" for k, v in res.outputs.items()),
         })
-    if rows:
+    return rows
+
+
+def metrics_rows(run) -> list[dict]:
+    """One row per metric of each step's `metrics` outputs."""
+    from prefect_ml.step import read_metrics
+
+    rows = []
+    for step in run.steps:
+        res = step.result()
+        for name, out in step.component.outputs.items():
+            if out.type != "metrics" or name not in res.outputs:
+                continue
+            values = read_metrics(res.outputs[name], where=f"step '{step.name}', output '{name}'")
+            rows += [{"step": step.name, "output": name, "metric": k, "value": round(v, 6)}
+                     for k, v in sorted(values.items())]
+    return rows
+
+
+def pipeline_summary(run) -> None:
+    """Write the pipeline summary and the metrics table artifacts of a finished pipeline run."""
+    rows = summary_rows(run)
+    if not rows:
+        return
+    hits = sum(r["cache"] == "hit" for r in rows)
+    create_table_artifact(
+        key=artifact_key("pipeline", run.spec.pipeline),
+        table=rows,
+        description=(
+            f"prefect-ml pipeline {run.spec.pipeline}: {len(rows)} steps ({hits} cache hits, "
+            f"{len(rows) - hits} ran); artifact root {run.spec.artifact_root}"
+        ),
+    )
+    try:
+        metrics = metrics_rows(run)
+    except PrefectMLError as exc:  # a summary must not fail a run whose steps succeeded
+        get_run_logger().warning(f"metrics table skipped: {exc}")
+        return
+    if metrics:
         create_table_artifact(
-            key=f"pipeline-{run.spec.pipeline.lower().replace('_', '-')}"[:60],
-            table=rows,
-            description=f"prefect-ml pipeline {run.spec.pipeline}: {len(rows)} steps, artifact root {run.spec.artifact_root}",
+            key=artifact_key("metrics", run.spec.pipeline),
+            table=metrics,
+            description=f"metrics of pipeline {run.spec.pipeline}: "
+            + ", ".join(f"{r['step']}.{r['metric']}={r['value']:.4g}" for r in metrics[:6]),
         )
