@@ -1,7 +1,119 @@
-"""`prefect-ml data ...` commands."""
+"""`prefect-ml data ...`: register, list and show versioned data assets."""
 
 from __future__ import annotations
 
+import datetime
+import json
+from typing import Optional
+
 import typer
 
+from prefect_ml.errors import PrefectMLError
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def _registry():
+    from prefect_ml.asset_registry import AssetRegistry
+
+    return AssetRegistry.default()
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"Error: {exc}", err=True)
+    raise typer.Exit(1)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("register")
+def register(
+    name: str = typer.Argument(..., help="Data asset name (letters, digits, '_', '-', '.')."),
+    version: str = typer.Option(..., "--version", "-v", help="Version to create (immutable once registered)."),
+    path: str = typer.Option(..., "--path", "-p", help="Local path or URI (file://, s3://, abfs://, az://)."),
+    type: Optional[str] = typer.Option(None, "--type", "-t", help="uri_file or uri_folder (default: detected)."),
+    description: str = typer.Option("", "--description", "-d", help="What the data is."),
+    snapshot: bool = typer.Option(False, "--snapshot", help="Copy the data under the artifact root so the version can never change."),
+) -> None:
+    """Register data at a path or URI as a new, immutable version of a data asset."""
+    try:
+        rec = _registry().register(name, version, path, type=type, description=description, snapshot=snapshot)
+    except PrefectMLError as exc:
+        _fail(exc)
+    note = f" (snapshot of {rec.source_uri})" if rec.snapshot else ""
+    typer.echo(f"Registered {rec.ref}: {rec.type} at {rec.uri}{note}, {len(rec.files)} file(s), {_size(rec.size)}.")
+    typer.echo(f"Use it as a pipeline input: data_asset({rec.name!r}, {rec.version!r})  or  --param data={rec.ref}")
+
+
+@app.command("list")
+def list_assets(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every data asset with its versions (latest last)."""
+    try:
+        reg = _registry()
+        versions = reg.list()
+    except PrefectMLError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps([{"name": v.name, "version": v.version, "type": v.type, "uri": v.uri,
+                                "description": v.description, "created_at": v.created_at} for v in versions], indent=2))
+        return
+    if not versions:
+        typer.echo(f"No data assets in {reg.uri}. Register one: prefect-ml data register NAME --version 1 --path URI")
+        return
+    rows = [("NAME", "VERSION", "TYPE", "SIZE", "REGISTERED", "URI")]
+    rows += [(v.name, v.version, v.type, _size(v.size), _when(v.created_at), v.uri) for v in versions]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+@app.command("show")
+def show(
+    ref: str = typer.Argument(..., help="NAME or NAME:VERSION (default version: latest)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check that the data is unchanged since registration."),
+) -> None:
+    """Show one version of a data asset: URI, type, files with their fingerprints, and whether it changed."""
+    from prefect_ml.assets import is_asset_ref, parse_ref
+
+    if is_asset_ref(ref):
+        name, version = parse_ref(ref)
+    else:
+        name, _, version = ref.partition(":")
+    try:
+        reg = _registry()
+        rec = reg.get(name, version or "latest")
+        changes = reg.changes(rec) if verify else []
+        all_versions = [v.version for v in reg.versions(name)]
+    except PrefectMLError as exc:
+        _fail(exc)
+    typer.echo(f"{rec.ref}")
+    typer.echo(f"  type:        {rec.type}")
+    typer.echo(f"  uri:         {rec.uri}")
+    if rec.snapshot:
+        typer.echo(f"  snapshot of: {rec.source_uri}")
+    if rec.description:
+        typer.echo(f"  description: {rec.description}")
+    typer.echo(f"  registered:  {_when(rec.created_at)}")
+    typer.echo(f"  size:        {_size(rec.size)} in {len(rec.files)} file(s)")
+    typer.echo(f"  versions:    {', '.join(all_versions)} (latest: {all_versions[-1]})")
+    for f in rec.files[:20]:
+        typer.echo(f"    {f['path']}  {f['size']}  {f['checksum']}")
+    if len(rec.files) > 20:
+        typer.echo(f"    ... and {len(rec.files) - 20} more")
+    if verify:
+        typer.echo("  status:      " + ("unchanged since registration" if not changes else
+                                       "CHANGED since registration: " + "; ".join(changes[:5])))
+        if changes:
+            raise typer.Exit(2)
