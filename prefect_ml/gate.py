@@ -73,7 +73,7 @@ def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float)
         if out.type != "metrics":
             raise GateError(f"gate: '{metrics.name}' of step '{metrics.step_name}' is {out.type}, not a metrics output.")
     source = f"step '{metrics.step_name}'" if isinstance(metrics, OutputRef) else repr(metrics)
-    return _gate(_uri(metrics), metric, op, float(threshold), source)
+    return _gate.with_options(task_run_name=f"gate-{_slug(metric)}")(_uri(metrics), metric, op, float(threshold), source)
 
 
 @task(name="register-model", cache_policy=NO_CACHE, persist_result=False)
@@ -154,5 +154,5 @@ def register_model(model: Union[OutputRef, str], name: str, *, alias: str = "can
             )
         producer = model.step.result()
         output = model.name
-    return _register(producer, _uri(model), output, name, alias,
+    return _register.with_options(task_run_name=f"register-{name}")(producer, _uri(model), output, name, alias,
                      _uri(metrics) if metrics is not None else None, dict(tags or {}))

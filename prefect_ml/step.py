@@ -233,7 +233,7 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
         rel = {name: output_rel_path(name, out) for name, out in component.outputs.items()}
         published = root.publish(key, attempt, staging, rel, {
             "step": step_name, "component": f"{component.name}:{component.version}",
-            "key_parts": parts, "flow_run_id": run.flow_run_id, "mlflow_run_id": run_id,
+            "key_parts": parts, "inputs": data, "flow_run_id": run.flow_run_id, "mlflow_run_id": run_id,
             "completed_at": time.time(),
         })
         tracking.log_metrics(run_id, metrics)

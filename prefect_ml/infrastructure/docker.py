@@ -308,6 +308,7 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
             image=image, command=argv, working_dir=CODE_DIR, environment=env, mounts=mounts,
             labels={**job.labels, MANAGED_LABEL: "true"}, network_mode=self.network_mode, user=self._user(),
             detach=True, stdin_open=False, tty=False,
+            init=True,  # docker-init as PID 1: forwards SIGTERM to the command, reaps zombies
         )
         if self.mem_limit:
             kwargs.update(mem_limit=self.mem_limit, memswap_limit=self.mem_limit)

@@ -1,0 +1,167 @@
+"""Pipelines as Prefect flows on the process infrastructure, against a real Prefect API and MLflow store."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from prefect_ml import Input, Output, command, gate, pipeline
+from prefect_ml.errors import GateError, StepFailed, StepInputError
+
+
+def task_runs(flow_run_id):
+    with get_client(sync_client=True) as c:
+        return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def script(dir: Path, name: str, body: str) -> None:
+    (dir / name).write_text(textwrap.dedent(body))
+
+
+@pytest.fixture
+def tools(tmp_path):
+    """Tiny components: `sleepy` sleeps then writes a file; `count` writes metrics; `fail` exits 3."""
+    code = tmp_path / "code"
+    code.mkdir()
+    script(code, "sleepy.py", """
+        import sys, time, pathlib
+        time.sleep(float(sys.argv[1]))
+        pathlib.Path(sys.argv[2]).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(sys.argv[2]) / "done.txt").write_text(sys.argv[3])
+    """)
+    script(code, "touch.py", """
+        import sys, pathlib
+        pathlib.Path(sys.argv[1]).write_text("started")
+    """)
+    script(code, "fail.py", """
+        import sys
+        print("about to fail")
+        sys.exit(3)
+    """)
+    sleepy = command(name="sleepy", code=code, command="python sleepy.py ${{inputs.seconds}} ${{outputs.out}} ${{inputs.tag}}",
+                     inputs={"seconds": Input(type="number", default=2.0), "tag": Input(type="string", default="x")},
+                     outputs={"out": Output(type="uri_folder")})
+    return code, sleepy
+
+
+def test_independent_steps_run_concurrently(env, tools):
+    _, sleepy = tools
+
+    @pipeline
+    def two_sleeps():
+        a = sleepy(seconds=2.0, tag="a")
+        b = sleepy(seconds=2.0, tag="b")
+        return {"a": a.outputs.out, "b": b.outputs.out}
+
+    state = two_sleeps(return_state=True)
+    out = state.result()
+    assert Path(out["a"].removeprefix("file://"), "done.txt").read_text() == "a"
+    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    a, b = runs["sleepy"], runs["sleepy-2"]
+    assert a.state.is_completed() and b.state.is_completed()
+    # both started before either ended: they overlapped in time
+    assert a.start_time < b.end_time and b.start_time < a.end_time
+
+
+def test_consumer_waits_for_producer_and_values_stay_literal(env, tmp_path):
+    code = tmp_path / "c"
+    code.mkdir()
+    script(code, "echo.py", """
+        import sys, pathlib
+        pathlib.Path(sys.argv[2]).write_text(sys.argv[1])
+    """)
+    script(code, "cat.py", """
+        import sys, pathlib
+        pathlib.Path(sys.argv[2]).mkdir(exist_ok=True)
+        (pathlib.Path(sys.argv[2]) / "copy.txt").write_text(pathlib.Path(sys.argv[1]).read_text())
+    """)
+    echo = command(name="echo", code=code, command="python echo.py ${{inputs.text}} ${{outputs.file}}",
+                   inputs={"text": "string"}, outputs={"file": "uri_file"})
+    cat = command(name="cat", code=code, command="python cat.py ${{inputs.src}} ${{outputs.dst}}",
+                  inputs={"src": "uri_file"}, outputs={"dst": "uri_folder"})
+    evil = "a b; echo pwned > /tmp/prefect-ml-pwned | $(id) `id` 'q' \"dq\""
+
+    @pipeline
+    def chain(text: str):
+        return cat(src=echo(text=text).outputs.file).outputs.dst
+
+    dst = chain(text=evil)
+    assert Path(dst.removeprefix("file://"), "copy.txt").read_text() == evil
+    assert not Path("/tmp/prefect-ml-pwned").exists()
+
+
+def test_failed_step_reports_exit_code_and_publishes_nothing(env, tools):
+    code, _ = tools
+    fail = command(name="fail", code=code, command="python fail.py ${{outputs.o}}", outputs={"o": "uri_folder"})
+
+    @pipeline
+    def failing():
+        return fail().outputs.o
+
+    with pytest.raises(StepFailed, match=r"step 'fail' failed: exit code 3\. Last lines:\nabout to fail"):
+        failing()
+    root = env / "artifacts"
+    assert not list((root / "steps").glob("*")) if (root / "steps").exists() else True
+    assert not list((root / ".staging").iterdir())
+
+
+def test_missing_required_input_fails_before_anything_runs(env, tools):
+    code, _ = tools
+    marker = code / "started.txt"
+    touch = command(name="touch", code=code, command="python touch.py " + str(marker) + " ${{inputs.n}}",
+                    inputs={"n": Input(type="integer")}, outputs={})
+
+    @pipeline
+    def p():
+        touch()
+
+    with pytest.raises(StepInputError, match=r"component 'touch', input 'n' is required but was not given; pass n=\.\.\."):
+        p()
+
+    @pipeline
+    def q():
+        touch(n="three")
+
+    with pytest.raises(StepInputError, match=r"input 'n': expects an integer, got str 'three'"):
+        q()
+    assert not marker.exists()
+
+
+def test_missing_data_uri_fails_before_anything_runs(env, tools):
+    code, _ = tools
+    use = command(name="use", code=code, command="python touch.py ${{inputs.data}}", inputs={"data": "uri_file"})
+
+    @pipeline
+    def p():
+        use(data=str(code / "nope.csv"))
+
+    with pytest.raises(StepInputError, match=r"component 'use', input 'data': data .*nope\.csv' does not exist"):
+        p()
+
+
+def test_gate_on_missing_metric_is_an_error(env, tmp_path):
+    code = tmp_path / "m"
+    code.mkdir()
+    script(code, "m.py", """
+        import json, sys
+        json.dump({"auc": 0.8}, open(sys.argv[1], "w"))
+    """)
+    metrics = command(name="metrics", code=code, command="python m.py ${{outputs.metrics}}", outputs={"metrics": "metrics"})
+
+    @pipeline
+    def gated():
+        m = metrics()
+        return gate(m.outputs.metrics, "auc", ">=", 0.5), gate(m.outputs.metrics, "f1", ">=", 0.5)
+
+    with pytest.raises(GateError, match=r"metric 'f1' is not in the metrics output of step 'metrics'.*available metrics: \['auc'\]"):
+        gated()
+
+
+def test_component_called_outside_a_pipeline_runs_at_once(env, tools):
+    _, sleepy = tools
+    step = sleepy(seconds=0.1, tag="solo")
+    assert Path(step.outputs.out.uri().removeprefix("file://"), "done.txt").read_text() == "solo"
