@@ -1,0 +1,164 @@
+"""storage.py on a local (file://) artifact root: layout, atomic publish, fingerprints, zero-copy passing."""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from prefect_ml import Input, Output, command, pipeline, storage
+from prefect_ml.errors import StorageError
+
+
+def test_uri_layout(tmp_path):
+    root = storage.ArtifactRoot(str(tmp_path / "root"))
+    assert root.uri == (tmp_path / "root").as_uri()
+    assert root.step_uri("k1") == f"{root.uri}/steps/k1"
+    assert root.marker_uri("k1") == f"{root.uri}/steps/k1/_COMPLETE.json"
+    assert storage.normalize("s3://b/p/") == "s3://b/p"
+    assert storage.join("s3://b/p/", "/steps/", "k") == "s3://b/p/steps/k"
+    assert storage.canonical_protocol("az://c/x") == "abfs" and storage.canonical_protocol("s3a://b") == "s3"
+    assert storage.is_local("file:///x") and not storage.is_local("abfs://c/x")
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "hdfs://nn/x", "ftp://host/x"])
+def test_unknown_scheme_is_a_clear_error(uri):
+    with pytest.raises(StorageError, match=r"unknown URI scheme .*use a local path, file://, s3://, abfs:// or az://"):
+        storage.ArtifactRoot(uri)
+    with pytest.raises(StorageError, match="unknown URI scheme"):
+        storage.fingerprint(uri)
+
+
+def test_credentials_in_a_uri_are_refused():
+    with pytest.raises(StorageError, match="must not carry credentials") as err:
+        storage.filesystem("s3://AKIA:topsecret@bucket/x")
+    assert "topsecret" not in str(err.value)
+
+
+def test_bad_storage_options_json(monkeypatch):
+    monkeypatch.setenv("PREFECT_ML_STORAGE_OPTIONS", "{not json")
+    with pytest.raises(StorageError, match="PREFECT_ML_STORAGE_OPTIONS is not valid JSON"):
+        storage.storage_options("s3")
+    monkeypatch.setenv("PREFECT_ML_STORAGE_OPTIONS", json.dumps({"s3": {"endpoint_url": "http://127.0.0.1:1"}}))
+    assert storage.storage_options("s3a") == {"endpoint_url": "http://127.0.0.1:1"}
+    assert storage.storage_options("az") == {}
+
+
+def test_redact_scrubs_known_secrets(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-very-secret")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=azkey123==;BlobEndpoint=http://x")
+    monkeypatch.setenv("PREFECT_ML_STORAGE_OPTIONS", json.dumps({"s3": {"secret": "opt-secret-1", "endpoint_url": "http://e"}}))
+    text = storage.redact("aws-very-secret azkey123== opt-secret-1 AccountKey=other; https://x?sv=1&sig=abcdef http://e")
+    for s in ("aws-very-secret", "azkey123==", "opt-secret-1", "other", "abcdef"):
+        assert s not in text
+    assert "http://e" in text
+
+
+def _attempt(root, tmp_path, files):
+    attempt, staging = root.new_attempt(tmp_path / "staging-home")
+    for rel, data in files.items():
+        p = staging / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return attempt, staging
+
+
+def test_publish_is_atomic_and_marker_last(tmp_path):
+    root = storage.ArtifactRoot(str(tmp_path / "root"))
+    attempt, staging = _attempt(root, tmp_path, {"model/w.bin": b"x" * 100, "metrics.json": b'{"auc": 0.9}'})
+    assert staging.is_relative_to(tmp_path / "root")  # local root: staging inside it, so publish is a rename
+    assert root.completed("k", ["model", "metrics"]) is None
+    ino = (staging / "model" / "w.bin").stat().st_ino
+    pub = root.publish("k", attempt, staging, {"model": "model", "metrics": "metrics.json"}, {"step": "s"})
+    assert not staging.exists()
+    assert storage.local_path(pub.outputs["model"]).joinpath("w.bin").stat().st_ino == ino  # moved, not copied
+    marker = root.read_marker("k")
+    assert marker["attempt"] == attempt and marker["step"] == "s"
+    assert root.completed("k", ["model", "metrics"]).outputs == pub.outputs
+    assert root.completed("k", ["model"]) is None  # a different output set is not this step
+
+    # a second attempt on the same key keeps the first one's outputs
+    a2, s2 = _attempt(root, tmp_path, {"model/w.bin": b"y", "metrics.json": b"{}"})
+    assert root.publish("k", a2, s2, {"model": "model", "metrics": "metrics.json"}, {}).attempt == attempt
+    assert not s2.exists()
+
+
+def test_outputs_without_marker_are_not_complete(tmp_path):
+    """What a killed step leaves (outputs, no marker), a torn marker, or a missing output: never complete."""
+    root = storage.ArtifactRoot(str(tmp_path / "root"))
+    attempt, staging = _attempt(root, tmp_path, {"out/a": b"1"})
+    target = storage.local_path(storage.join(root.step_uri("k"), attempt))
+    target.parent.mkdir(parents=True)
+    os.rename(staging, target)  # outputs in place, killed before the marker
+    assert root.completed("k", ["out"]) is None
+    storage.local_path(root.marker_uri("k")).write_text('{"attempt": "x", "outp')  # torn
+    assert root.completed("k", ["out"]) is None
+    storage.local_path(root.marker_uri("k")).write_text(json.dumps(
+        {"attempt": attempt, "outputs": {"out": storage.join(root.step_uri("k"), attempt, "gone")}}))
+    assert root.completed("k", ["out"]) is None
+
+
+def test_fingerprints_follow_content(tmp_path):
+    f = tmp_path / "d" / "a.csv"
+    f.parent.mkdir()
+    f.write_text("1,2\n")
+    fp1 = storage.fingerprint(str(f))
+    assert fp1.startswith("sha256:") and storage.fingerprint(f.as_uri()) == fp1
+    tree1 = storage.fingerprint(str(f.parent))
+    f.write_text("1,3\n")
+    assert storage.fingerprint(str(f)) != fp1
+    assert storage.fingerprint(str(f.parent)) != tree1
+    (f.parent / "b.csv").write_text("x")
+    files = storage.list_files(str(f.parent))
+    assert [e.path for e in files] == ["a.csv", "b.csv"] and files[0].size == 4
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.fingerprint(str(tmp_path / "missing.csv"))
+
+
+def test_stage_in_local_is_in_place(tmp_path):
+    f = tmp_path / "data.csv"
+    f.write_text("x")
+    storage.reset_transfer_stats()
+    assert storage.stage_in(f.as_uri(), tmp_path / "staging") == f
+    assert storage.transfer_stats().bytes_in == 0
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.stage_in(str(tmp_path / "nope"), tmp_path / "staging")
+
+
+def test_one_gib_passes_step_to_step_without_a_copy(env, tmp_path):
+    """A 1 GiB (sparse) file from one step to the next on a file:// root: same inode, zero bytes staged."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "big.py").write_text(textwrap.dedent("""
+        import json, os, sys
+        with open(sys.argv[1], "wb") as f:
+            f.truncate(1 << 30)  # sparse: 1 GiB that costs no disk
+        st = os.stat(sys.argv[1])
+        json.dump({"inode": st.st_ino, "size": st.st_size}, open(sys.argv[2], "w"))
+    """))
+    make = command(name="make-big", code=code, command="python big.py ${{outputs.big}} ${{outputs.info}}",
+                   outputs={"big": Output(type="uri_file"), "info": Output(type="metrics")})
+    (code / "use.py").write_text(textwrap.dedent("""
+        import json, os, sys
+        st = os.stat(sys.argv[1])
+        json.dump({"inode": st.st_ino, "size": st.st_size}, open(sys.argv[2], "w"))
+    """))
+    use = command(name="use-big", code=code, command="python use.py ${{inputs.big}} ${{outputs.info}}",
+                  inputs={"big": Input(type="uri_file")}, outputs={"info": Output(type="metrics")})
+
+    @pipeline
+    def big_pipe():
+        a = make()
+        b = use(big=a.outputs.big)
+        return {"big": a.outputs.big, "made": a.outputs.info, "seen": b.outputs.info}
+
+    storage.reset_transfer_stats()
+    out = big_pipe()
+    made = json.loads(storage.local_path(out["made"]).read_text())
+    seen = json.loads(storage.local_path(out["seen"]).read_text())
+    published = storage.local_path(out["big"]).stat()
+    assert published.st_size == seen["size"] == 1 << 30
+    assert made["inode"] == seen["inode"] == published.st_ino  # the consumer read the producer's file
+    stats = storage.transfer_stats()
+    assert stats.bytes_in == stats.bytes_out == 0
