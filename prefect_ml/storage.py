@@ -329,11 +329,16 @@ def check_location(uri: str) -> None:
 
 
 def exists(uri: str) -> bool:
+    """Whether data is at `uri`. A missing bucket/container or rejected credentials raise StorageError
+    (they are configuration errors, not missing data)."""
     fs, path = filesystem(uri)
     try:
-        return fs.exists(path)
+        found = fs.exists(path)
     except Exception as exc:  # remote stores raise on auth/network errors: report, never leak secrets
         raise storage_error(exc, uri, "check") from None
+    if not found:
+        check_location(uri)
+    return found
 
 
 # --- transfer accounting (tests and benchmarks read it) -----------------------------------------
