@@ -1,0 +1,107 @@
+"""The Prefect UI in a real headless Chromium shows a deployed pipeline run, its steps and artifacts.
+
+Renders pages of the server from tests/test_deployments.py (shared: one server and one completed
+`credit-default/cpu` run per session), saves a screenshot and the rendered DOM of each page under
+`test-output/ui/` (or `$PREFECT_ML_TEST_OUTPUT/ui/`), and asserts on the text the page shows.
+Chromium comes from Debian (`apt-get install -y chromium`, see scripts/setup-test-services.sh).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# the same module object pytest collected (tests/ is on sys.path), so the session shares one server
+from test_deployments import REPO, Stack, cpu_run, deploy_stack  # noqa: F401 - fixtures
+
+try:
+    from tests.servers import skip_or_fail
+except ImportError:
+    from servers import skip_or_fail
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--window-size=1400,1000",
+    # without a virtual time budget the page is captured before the app has fetched anything
+    "--virtual-time-budget=20000",
+]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    skip_or_fail("no Chromium: apt-get install -y chromium (scripts/setup-test-services.sh)")
+    return ""  # unreachable
+
+
+@pytest.fixture(scope="module")
+def output_dir() -> Path:
+    root = Path(os.environ.get("PREFECT_ML_TEST_OUTPUT") or REPO / "test-output")
+    out = root / "ui"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def page_text(dom: str) -> str:
+    """The visible text of a rendered DOM: tags, scripts and styles dropped, whitespace collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
+
+
+def render(url: str, out: Path, name: str, tmp_path: Path) -> str:
+    """Load `url` in headless Chromium; save NAME.png and NAME.html under `out`; return the page text."""
+    shot, dom_file = out / f"{name}.png", out / f"{name}.html"
+    proc = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / f'chromium-{name}'}",
+         f"--screenshot={shot}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        env={**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"},
+    )
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
+    dom_file.write_text(proc.stdout)
+    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
+    text = page_text(proc.stdout)
+    assert "Can't connect to Server API" not in text, "the UI does not reach the API (PREFECT_UI_API_URL)"
+    return text
+
+
+def test_flow_run_page_shows_completed_run_and_steps(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+    text = render(f"{deploy_stack.ui_url}/runs/flow-run/{cpu_run['id']}", output_dir, "flow-run", tmp_path)
+    assert cpu_run["name"] in text, text[:2000]
+    assert "Completed" in text
+    assert "credit-default" in text and "ml-cpu" in text  # flow, and the work pool it ran on
+    count = re.search(r"(\d+) Task runs?", text)
+    assert count and int(count.group(1)) >= 5, text[:2000]  # three steps, the gate, the registration
+    for step in ("data_prep", "train", "evaluate"):  # the logs name each step's task run
+        assert step in text, step
+
+
+def test_task_run_page_shows_step_logs(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+    train = next(t for t in deploy_stack.task_runs(cpu_run["id"]) if t["name"] == "train")
+    text = render(f"{deploy_stack.ui_url}/runs/task-run/{train['id']}", output_dir, "task-run-train", tmp_path)
+    assert "train" in text and "Completed" in text, text[:2000]
+    assert "training on" in text, text[:3000]  # a line the step's own process printed
+
+
+def test_artifact_pages_show_summary_and_metrics(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+    artifacts = deploy_stack.artifacts(cpu_run["id"])
+    metrics = render(f"{deploy_stack.ui_url}/artifacts/artifact/{artifacts['metrics-credit-default']['id']}",
+                     output_dir, "artifact-metrics", tmp_path)
+    assert "metrics-credit-default" in metrics
+    assert re.search(r"evaluate metrics auc 0\.\d+", metrics), metrics[:2000]
+    summary = render(f"{deploy_stack.ui_url}/artifacts/artifact/{artifacts['pipeline-credit-default']['id']}",
+                     output_dir, "artifact-pipeline-summary", tmp_path)
+    for step in ("data_prep", "train", "evaluate"):
+        assert step in summary
+    assert re.search(r"\b(hit|miss)\b", summary) and "file://" in summary, summary[:2000]
