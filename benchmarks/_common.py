@@ -82,7 +82,8 @@ def interleave(
         for name in order:
             t0 = time.perf_counter()
             own = cases[name]()
-            t = own if own is not None else time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            t = float(own) if isinstance(own, (int, float)) and not isinstance(own, bool) else elapsed
             times[name].append(t)
             log(f"rep {r + 1}/{reps}: {name}: {t:.3f} s")
     return times
