@@ -602,7 +602,10 @@ def ensure_venv(name_or_env: Union[str, Environment], *, start: Optional[Path] =
             import sysconfig
 
             parents = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-            (Path(site) / "_prefect_ml_parent.pth").write_text("\n".join(parents) + "\n")
+            # addsitedir (not a plain path line) so the parent's own .pth files (editable installs) apply too
+            (Path(site) / "_prefect_ml_parent.pth").write_text(
+                "".join(f"import site; site.addsitedir({p!r})\n" for p in parents)
+            )
             reqs: list[list[str]] = []
             if env.conda_pip:
                 pip_file = root / "conda-pip.txt"

@@ -1,0 +1,224 @@
+"""Environments: spec validation, content hash, image builds against the real engine (built once,
+then a cache hit), conda files without conda, venvs for the process infrastructure, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, require
+from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
+
+
+def make_env(root: Path, name: str, spec: str, files: dict[str, str] | None = None) -> Path:
+    d = root / "environments" / name
+    d.mkdir(parents=True)
+    (d / "environment.yaml").write_text(textwrap.dedent(spec))
+    for fname, text in (files or {}).items():
+        (d / fname).write_text(textwrap.dedent(text))
+    return d
+
+
+@pytest.fixture
+def envs(tmp_path, ml_home, monkeypatch) -> Path:
+    """An `environments/` root found through PREFECT_ML_ENVIRONMENTS_DIR."""
+    monkeypatch.setenv("PREFECT_ML_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
+    (tmp_path / "environments").mkdir()
+    return tmp_path
+
+
+# --- spec errors: the file, the key and the fix -----------------------------------------------
+
+
+def test_unknown_environment_lists_the_known_ones(envs):
+    from prefect_ml.environments import load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    make_env(envs, "alpha", "name: alpha\nrequirements: null\n")
+    with pytest.raises(EnvironmentSpecError, match=r"unknown environment 'nope'; known environments: \['alpha'.*Create environments/nope/environment.yaml"):
+        load_environment("nope")
+
+
+def test_missing_requirements_file_names_file_key_and_fix(envs):
+    from prefect_ml.environments import load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    d = make_env(envs, "broken", "name: broken\nrequirements: requirements.txt\n")
+    with pytest.raises(EnvironmentSpecError) as err:
+        load_environment("broken")
+    msg = str(err.value)
+    assert str(d / "environment.yaml") in msg and "key 'requirements'" in msg and "'requirements.txt'" in msg
+    assert "does not exist" in msg and "create the file or fix the key" in msg
+
+
+def test_bad_yaml_and_unknown_keys_name_the_file(envs):
+    from prefect_ml.environments import load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    make_env(envs, "badyaml", "name: badyaml\nrequirements: [unclosed\n")
+    with pytest.raises(EnvironmentSpecError, match=r"badyaml/environment.yaml: invalid YAML at line \d+"):
+        load_environment("badyaml")
+    make_env(envs, "typo", "name: typo\nrequirement: requirements.txt\n")
+    with pytest.raises(EnvironmentSpecError, match=r"unknown key\(s\) \['requirement'\]; allowed keys are"):
+        load_environment("typo")
+    make_env(envs, "wrongname", "name: other\n")
+    with pytest.raises(EnvironmentSpecError, match=r"key 'name' is 'other' but the directory is 'wrongname'"):
+        load_environment("wrongname")
+
+
+def test_conda_file_pip_rule(envs):
+    from prefect_ml.environments import conda_pip_requirements
+    from prefect_ml.errors import EnvironmentSpecError
+
+    ok = make_env(envs, "condaok", "name: condaok\nconda: conda.yaml\n", {"conda.yaml": """
+        name: x
+        channels: [conda-forge]
+        dependencies:
+          - python=3.11
+          - pip
+          - numpy=1.26
+          - pandas>=2.1
+          - scipy 1.11
+          - requests
+          - pip: ["six==1.17.0", "idna"]
+    """})
+    assert conda_pip_requirements(ok / "conda.yaml") == [
+        "numpy==1.26", "pandas>=2.1", "scipy==1.11", "requests", "six==1.17.0", "idna"]
+    for bad, why in [("conda-forge::numpy", "names a conda channel"), ("numpy=1.26=py311_0", "build string"),
+                     ("cudatoolkit=11.8", "conda-only native package")]:
+        d = make_env(envs, f"c{uuid.uuid4().hex[:6]}", "conda: conda.yaml\n", {"conda.yaml": f"dependencies: ['{bad}']\n"})
+        with pytest.raises(EnvironmentSpecError, match=why):
+            conda_pip_requirements(d / "conda.yaml")
+
+
+def test_content_hash_follows_spec_files_and_base_image(envs):
+    from prefect_ml.environments import content_hash, load_environment
+
+    d = make_env(envs, "hashy", "name: hashy\nrequirements: requirements.txt\n", {"requirements.txt": "six\n"})
+    env = load_environment("hashy")
+    assert content_hash(env) == load_environment("hashy").spec_hash()
+    assert env.image_tag("sha256:aaa") == env.image_tag("sha256:aaa")
+    assert env.image_tag("sha256:aaa") != env.image_tag("sha256:bbb")  # a new base image id -> a new image
+    assert env.image_tag("sha256:aaa").startswith("prefect-ml/hashy:")
+    before = env.spec_hash()
+    time.sleep(0.01)
+    (d / "requirements.txt").write_text("six==1.17.0\n")
+    assert load_environment("hashy").spec_hash() != before
+
+
+def test_repository_environments_load(monkeypatch):
+    from prefect_ml.environments import load_environment
+
+    monkeypatch.delenv("PREFECT_ML_ENVIRONMENTS_DIR", raising=False)
+    gpu = load_environment("pytorch-gpu", start=REPO / "components" / "train")
+    assert gpu.gpu and gpu.requirements == "requirements.txt"
+    cpu = load_environment("sklearn-cpu", start=REPO / "components" / "train")
+    assert not cpu.gpu
+
+
+# --- images (real engine) ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def docker_client(monkeypatch):
+    ok, reason = docker_available()
+    require(ok, reason)
+    image = os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    ok, reason = docker_image_available(image)
+    require(ok, reason)
+    monkeypatch.setenv("PREFECT_ML_BASE_IMAGE", image)
+    import docker
+
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def test_build_then_same_build_is_a_cache_hit(envs, docker_client, capsys):
+    """A new environment builds (requirements.txt + the pip part of a conda file); the same build again
+    finds its tag and builds nothing."""
+    from prefect_ml.environments import ensure_image, load_environment
+
+    name = f"tiny-{uuid.uuid4().hex[:8]}"  # unique: the first build is a real one
+    make_env(envs, name, f"name: {name}\nrequirements: requirements.txt\nconda: conda.yaml\n", {
+        "requirements.txt": "six==1.17.0\n",
+        "conda.yaml": "dependencies: [python=3.11, pip, {pip: [idna==3.10]}]\n",
+    })
+    env = load_environment(name)
+    lines: list[str] = []
+    tag = None
+    try:
+        t0 = time.monotonic()
+        tag = ensure_image(env, docker_client, pull_policy="never", log=lines.append)
+        first = time.monotonic() - t0
+        assert any(line.startswith("building image") for line in lines)
+        lines.clear()
+        t0 = time.monotonic()
+        assert ensure_image(env, docker_client, pull_policy="never", log=lines.append) == tag
+        second = time.monotonic() - t0
+        assert lines == []  # nothing built
+        with capsys.disabled():
+            print(f"\nenvironment build: first {first:.1f} s, second (cache hit) {second:.3f} s")
+        out = docker_client.containers.run(
+            tag, ["python", "-c", "import six, idna, sys; print(sys.prefix, six.__version__, idna.__version__)"],
+            network_mode="host", remove=True).decode()
+        assert out.split() == ["/opt/venv", "1.17.0", "3.10"]
+        image = docker_client.images.get(tag)
+        assert image.labels["prefect-ml.environment"] == name
+    finally:
+        if tag:
+            docker_client.images.remove(tag, force=True)
+
+
+def test_missing_base_image_with_pull_policy_never(envs, docker_client):
+    from prefect_ml.environments import ensure_image, load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    make_env(envs, "nobase", "name: nobase\nbase_image: prefect-ml/does-not-exist:1\n")
+    with pytest.raises(EnvironmentSpecError, match=r"environment 'nobase': image 'prefect-ml/does-not-exist:1' does not exist locally and the pull policy is 'never'.*prefect-ml env base-image"):
+        ensure_image(load_environment("nobase"), docker_client, pull_policy="never")
+
+
+# --- venvs (process infrastructure) -----------------------------------------------------------
+
+
+def test_process_infrastructure_runs_in_the_environment_venv(envs, tmp_path):
+    from prefect_ml.environments import ensure_venv, load_environment
+    from prefect_ml.infrastructure.base import StepJob
+    from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+
+    # pyyaml is in the running interpreter already: the venv layers on it, so nothing is downloaded
+    make_env(envs, "local", "name: local\nrequirements: requirements.txt\n", {"requirements.txt": "pyyaml\n"})
+    root = ensure_venv("local")
+    assert (root / ".prefect-ml-complete").is_file()
+    assert ensure_venv(load_environment("local")) == root  # keyed by the spec hash: built once
+    job = StepJob("v", "python -c 'import sys, yaml, prefect_ml; print(sys.prefix)'", tmp_path, {}, {}, {},
+                  environment="local")
+    lines: list[str] = []
+    outcome = ProcessStepInfrastructure(use_environment_venv=True).run(job, lines.append)
+    assert outcome.exit_code == 0, lines
+    assert lines[-1] == str(root)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def test_env_list_and_build_cli(monkeypatch, ml_home):
+    from typer.testing import CliRunner
+
+    from prefect_ml.cli import app
+
+    monkeypatch.delenv("PREFECT_ML_ENVIRONMENTS_DIR", raising=False)
+    monkeypatch.chdir(REPO)
+    runner = CliRunner()
+    res = runner.invoke(app, ["env", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    assert {"sklearn-cpu", "pytorch-gpu"} <= {row["name"] for row in __import__("json").loads(res.output)}
+    res = runner.invoke(app, ["env", "build", "no-such-env"])
+    assert res.exit_code == 1 and "unknown environment 'no-such-env'" in res.output
