@@ -57,6 +57,18 @@ def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str)
     return passed
 
 
+def _plan_gate(run, metrics, metric: str, op: str, threshold: float) -> bool:
+    if isinstance(metrics, OutputRef) and not metrics.step.result().cached:
+        run.notes.append(f"gate {metric} {op} {threshold}: unknown until step '{metrics.step_name}' runs (assumed to pass)")
+        return True
+    values = read_metrics(_uri(metrics), where=f"gate on '{metric}'")
+    if metric not in values:
+        raise GateError(f"gate: metric '{metric}' is not in {_uri(metrics)}; available metrics: {sorted(values)}.")
+    passed = bool(OPERATORS[op](values[metric], threshold))
+    run.notes.append(f"gate {metric} {op} {threshold}: {metric}={values[metric]:.6g} -> {'passed' if passed else 'failed'}")
+    return passed
+
+
 def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float) -> bool:
     """Compare one metric of a `metrics` output with a threshold; record and return the decision.
 
@@ -73,6 +85,9 @@ def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float)
         if out.type != "metrics":
             raise GateError(f"gate: '{metrics.name}' of step '{metrics.step_name}' is {out.type}, not a metrics output.")
     source = f"step '{metrics.step_name}'" if isinstance(metrics, OutputRef) else repr(metrics)
+    run = current_run()
+    if run is not None and run.planning:
+        return _plan_gate(run, metrics, metric, op, float(threshold))
     return _gate.with_options(task_run_name=f"gate-{_slug(metric)}")(_uri(metrics), metric, op, float(threshold), source)
 
 
@@ -143,6 +158,10 @@ def register_model(model: Union[OutputRef, str], name: str, *, alias: str = "can
     and the model's URI (plus `metric.*` tags when `metrics` is given). Returns name, version,
     alias and the `models:/name@alias` URI.
     """
+    run = current_run()
+    if run is not None and run.planning:
+        run.notes.append(f"register_model {name} @{alias}")
+        return {"name": name, "version": None, "alias": alias, "uri": f"models:/{name}@{alias}", "run_id": None}
     producer = None
     output = "model"
     if isinstance(model, OutputRef):

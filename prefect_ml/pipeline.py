@@ -32,7 +32,9 @@ class PipelineRun:
     """State of one running pipeline (lives in the flow's context)."""
 
     spec: RunSpec
+    planning: bool = False  # `prefect-ml plan`: decide each step, run nothing
     steps: list["Step"] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     names: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,7 +125,8 @@ def _check_data_input(component: Component, name: str, value: Any) -> Any:
                 f"component '{component.name}', input '{name}' ({spec.type}) cannot take output "
                 f"'{value.name}' ({out.type}) of step '{value.step_name}'."
             )
-        return {UPSTREAM: value.step.future, "output": value.name}
+        producer = value.step.future if value.step.future is not None else value.step.result()
+        return {UPSTREAM: producer, "output": value.name}
     if isinstance(value, str) and is_asset_ref(value):
         value = resolve_asset(value)
     if not isinstance(value, (str, Path)):
@@ -154,6 +157,8 @@ def submit_step(component: Component, kwargs: dict[str, Any]) -> Step:
         run = PipelineRun(RunSpec(component.name, None, settings.resolved_artifact_root, "prefect-ml-steps",
                                   None, None, True))
     name = run.step_name(component)
+    if run.planning:
+        return _plan_step(run, component, params, name)
     task = run_step.with_options(
         name=component.name,
         task_run_name=name,
@@ -166,6 +171,49 @@ def submit_step(component: Component, kwargs: dict[str, Any]) -> Step:
     step = Step(name, component, future)
     run.steps.append(step)
     return step
+
+
+def _plan_step(run: PipelineRun, component: Component, params: dict[str, Any], name: str) -> Step:
+    """Decide a step without running it; its outputs get the URIs they would have."""
+    from prefect_ml.infrastructure import resolve_infrastructure
+    from prefect_ml.step import decide, output_rel_path
+
+    infra = resolve_infrastructure(component.infrastructure or run.spec.infrastructure)
+    d = decide(component, params, run.spec, infra)
+    root = storage.ArtifactRoot(run.spec.artifact_root)
+    outputs = d.published.outputs if d.published else {
+        n: storage.join(root.step_uri(d.key), "<new>", output_rel_path(n, o)) for n, o in component.outputs.items()
+    }
+    step = Step(name, component, result=StepResult(name, d.key, outputs, d.reuse, None, d.data, d.fingerprints,
+                                                    infrastructure=infra.describe()))
+    step.decision = d
+    run.steps.append(step)
+    return step
+
+
+def plan(pipeline_flow, parameters: Optional[dict[str, Any]] = None) -> PipelineRun:
+    """Evaluate a pipeline's body in planning mode: every step's cache key and reuse decision, nothing run.
+
+    Gates on metrics of reused steps are evaluated for real; a gate on a step that would run is
+    assumed to pass (so the plan shows what follows it) and noted.
+    """
+    func = getattr(pipeline_flow, "__prefect_ml_pipeline__", None)
+    if func is None:
+        raise TypeError(f"{pipeline_flow!r} is not a @pipeline")
+    settings = get_settings()
+    meta = pipeline_flow.__prefect_ml_options__
+    spec = RunSpec(pipeline_flow.name, None, storage.normalize(meta["artifact_root"] or settings.resolved_artifact_root),
+                   meta["experiment"] or pipeline_flow.name, None, meta["infrastructure"], meta["cache"] and settings.cache)
+    run = PipelineRun(spec, planning=True)
+    params = dict(parameters or {})
+    if params:
+        params = pipeline_flow.validate_parameters(params)
+    token = _current.set(run)
+    try:
+        func(**params)
+    finally:
+        _current.reset(token)
+    return run
 
 
 def _resolve(value: Any) -> Any:
@@ -253,6 +301,10 @@ def pipeline(
                 _current.reset(token)
                 tracking.end_run(mlflow_run_id, ok)
 
-        return flow(name=flow_name, **flow_kwargs)(body)
+        f = flow(name=flow_name, **flow_kwargs)(body)
+        f.__prefect_ml_pipeline__ = func
+        f.__prefect_ml_options__ = {"infrastructure": infrastructure, "cache": cache, "experiment": experiment,
+                                    "artifact_root": artifact_root}
+        return f
 
     return decorate(fn) if fn is not None else decorate

@@ -109,24 +109,83 @@ def _resolve_inputs(component: Component, inputs: dict[str, Any]):
     return values, raw_values, data, fingerprints
 
 
-def _cache_key(component, raw_values, data, fingerprints, logger):
-    """The step's key, or (None, reason) when a part cannot be computed (fail closed: run)."""
+def _environment_key(component: Component, infra) -> Optional[str]:
+    """The environment part of the key: the infrastructure's identity for it (Docker: the image
+    hash, which covers the base image id) or the environment spec's content hash."""
+    if not component.environment:
+        return None
+    identity = getattr(infra, "environment_identity", None)
+    if identity is not None:
+        return identity(component.environment, component.code)
+    from prefect_ml import environments
+
+    return environments.content_hash(component.environment, start=component.code)
+
+
+@dataclass
+class Decision:
+    """What a step will do: its cache key, the parts it was made of, and reuse or run (and why)."""
+
+    key: str
+    parts: dict[str, Any]
+    values: dict[str, Optional[str]]
+    raw_values: dict[str, Any]
+    data: dict[str, str]
+    fingerprints: dict[str, str]
+    published: Optional[storage.PublishedStep]
+    reason: str
+
+    @property
+    def reuse(self) -> bool:
+        return self.published is not None
+
+
+def decide(component: Component, inputs: dict[str, Any], run: RunSpec, infra) -> Decision:
+    """Compute the step's cache key and whether complete outputs for it exist (fail closed)."""
+    values, raw_values, data, fingerprints = _resolve_inputs(component, inputs)
+    root = storage.ArtifactRoot(run.artifact_root)
     try:
         for name, uri in data.items():
             if name not in fingerprints:
                 fingerprints[name] = storage.fingerprint(uri)
         key, parts = caching.step_cache_key(
-            component,
-            code=caching.code_digest(component.code),
-            environment=component.environment,
-            values=raw_values,
-            data=fingerprints,
+            component, code=caching.code_digest(component.code), environment=_environment_key(component, infra),
+            values=raw_values, data=fingerprints,
         )
-        return key, parts, None
     except PrefectMLError:
         raise
-    except Exception as exc:  # noqa: BLE001 - fail closed, say why
-        return None, {}, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - fail closed: run, and say why
+        import uuid
+
+        return Decision("nocache-" + uuid.uuid4().hex[:24], {}, values, raw_values, data, fingerprints, None,
+                        f"cache key could not be computed ({type(exc).__name__}: {exc}); running without reuse")
+    off = [who for who, on in (("component", component.cache), ("pipeline run", run.cache),
+                               ("PREFECT_ML_CACHE", get_settings().cache)) if not on]
+    if off:  # publish under a key of its own, so fresh outputs never lose to older ones
+        import uuid
+
+        return Decision(f"{key}-{uuid.uuid4().hex[:8]}", parts, values, raw_values, data, fingerprints, None,
+                        f"caching is off ({', '.join(off)}); running")
+    published = root.completed(key, list(component.outputs))
+    if published:
+        reason = f"cache hit: outputs of key {key} are complete at {root.step_uri(key)}"
+    elif root.read_marker(key):
+        reason = f"cache miss: key {key} has a marker but some outputs are missing; running again"
+    else:
+        reason = f"cache miss: no complete outputs for key {key}; running"
+    return Decision(key, parts, values, raw_values, data, fingerprints, published, reason)
+
+
+def _key_artifact(step_name: str, d: Decision) -> None:
+    """A markdown artifact on the task run: the key, its parts and the hit/miss reason."""
+    from prefect.artifacts import create_markdown_artifact
+
+    rows = "\n".join(f"| {k} | `{json.dumps(v, default=str)[:300]}` |" for k, v in d.parts.items())
+    create_markdown_artifact(
+        markdown=f"### Step `{step_name}`: {'reused' if d.reuse else 'ran'}\n\n{d.reason}\n\n"
+                 f"cache key `{d.key}`\n\n| part | value |\n|---|---|\n{rows}\n",
+        description=f"cache key of step {step_name}",
+    )
 
 
 def _check_outputs(component: Component, paths: dict[str, Path], step: str) -> dict[str, float]:
@@ -159,14 +218,10 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
     root = storage.ArtifactRoot(run.artifact_root)
     staging_home = settings.home_path / "staging"
     infra = resolve_infrastructure(component.infrastructure or run.infrastructure)
-    values, raw_values, data, fingerprints = _resolve_inputs(component, inputs)
-    use_cache = run.cache and component.cache and settings.cache
-    key, parts, why_not = _cache_key(component, raw_values, data, fingerprints, logger)
-    if key is None:
-        logger.warning(f"cache key could not be computed ({why_not}); running the step without reuse")
-        import uuid
-
-        key = "nocache-" + uuid.uuid4().hex[:24]
+    d = decide(component, inputs, run, infra)
+    key, parts, values, raw_values, data, fingerprints = d.key, d.parts, d.values, d.raw_values, d.data, d.fingerprints
+    (logger.info if d.reuse or d.parts else logger.warning)(d.reason)
+    _key_artifact(step_name, d)
     from prefect import runtime
 
     task_run_id = str(runtime.task_run.id)
@@ -178,19 +233,16 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
         "prefect_ml.cache_key": key,
         "prefect_ml.infrastructure": infra.describe(),
     }
-    params = {**raw_values, **{f"{k}": v for k, v in data.items()}}
+    params = {**raw_values, **data}
 
-    published = root.completed(key, list(component.outputs)) if use_cache else None
-    if published:
-        logger.info(f"cache hit: key {key} complete at {root.step_uri(key)}; not running")
+    if d.published:
+        published = d.published
         run_id = tracking.start_run(run.experiment, step_name, {**tags, "prefect_ml.cache": "hit"}, run.mlflow_run_id, params)
         _track_outputs(component, published.outputs, run_id, step_name)
         tracking.end_run(run_id, True)
         result = StepResult(step_name, key, published.outputs, True, run_id, data, fingerprints,
                             time.monotonic() - started, infra.describe())
         return Completed(name="Cached", message=f"reused outputs of cache key {key}", data=result)
-    if use_cache:
-        logger.info(f"cache miss: no complete outputs for key {key}; running")
 
     run_id = tracking.start_run(run.experiment, step_name, {**tags, "prefect_ml.cache": "miss"}, run.mlflow_run_id, params)
     attempt, staging = root.new_attempt(staging_home)

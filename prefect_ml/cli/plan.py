@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import typer
 
+from prefect_ml.cli.run import load_flow, parse_params
 
-def plan() -> None:
-    typer.echo("not implemented yet")
-    raise typer.Exit(1)
+
+def plan(
+    target: str = typer.Argument(..., help="FILE.py:PIPELINE, e.g. flows/credit_default.py:credit_default"),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
+) -> None:
+    from prefect_ml.pipeline import plan as make_plan
+
+    run = make_plan(load_flow(target), parse_params(param or []))
+    typer.echo(f"pipeline {run.spec.pipeline} on {run.spec.artifact_root}")
+    width = max([len(s.name) for s in run.steps] + [4])
+    typer.echo(f"{'step':<{width}}  {'decision':<8}  {'cache key':<32}  reason")
+    for step in run.steps:
+        d = step.decision
+        typer.echo(f"{step.name:<{width}}  {'reuse' if d.reuse else 'run':<8}  {d.key[:32]:<32}  {d.reason}")
+    for note in run.notes:
+        typer.echo(f"  {note}")

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 
-def _parse(params: List[str]) -> dict:
+def parse_params(params: List[str]) -> dict:
     out = {}
     for item in params:
         key, sep, raw = item.partition("=")
@@ -39,5 +39,5 @@ def run(
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
 ) -> None:
     flow = load_flow(target)
-    result = flow(**_parse(param or []))
+    result = flow(**parse_params(param or []))
     typer.echo(json.dumps(result, indent=2, default=str))

@@ -1,0 +1,33 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: make .venv and install prefect-ml into it.
+#   BOOTSTRAP_EXTRAS=test  installs the test extra too.
+# Works on a clean Debian with only python3: installs python3-venv with apt-get when venv is
+# missing and we are root.
+REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+VENV="$REPO/.venv"
+PY="$VENV/bin/python"
+_say() { echo "bootstrap: $*"; }
+
+if [ ! -x "$PY" ] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+    _say "creating .venv with $(python3 --version 2>&1) ..."
+    if ! python3 -m venv --clear "$VENV" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            _say "python3 -m venv needs Debian's python3-venv: installing it ..."
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv --clear "$VENV"
+        else
+            echo "bootstrap: python3 -m venv failed; install python3-venv (sudo apt-get install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+fi
+if ! "$PY" -m uv --version >/dev/null 2>&1; then
+    _say "installing uv into .venv ..."
+    "$PY" -m pip install -q --disable-pip-version-check uv
+fi
+_spec="."
+[ -n "${BOOTSTRAP_EXTRAS:-}" ] && _spec=".[${BOOTSTRAP_EXTRAS}]"
+_say "installing prefect-ml ($_spec) ..."
+_start=$SECONDS
+"$PY" -m uv pip install -q --python "$PY" -e "$_spec"
+_say "ready in $((SECONDS - _start)) s"
