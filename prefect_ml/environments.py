@@ -126,6 +126,18 @@ def content_hash(env: Union[str, Environment], base_image_id: Optional[str] = No
     return env.image_hash(base_image_id) if base_image_id else env.spec_hash()
 
 
+def cache_identity(name: Optional[str], start: Optional[Path] = None) -> Optional[str]:
+    """What a step's cache key records about its environment: `<name>@<spec hash>` (None: no environment).
+
+    The spec hash (spec + requirement files) is the same on every infrastructure, so a step cached on
+    process infrastructure is reused in Docker and back. An unknown or invalid environment raises
+    `EnvironmentSpecError`, before anything runs.
+    """
+    if not name:
+        return None
+    return f"{name}@{load_environment(name, start=start).spec_hash()}"
+
+
 def base_image_setting() -> str:
     return os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
 
