@@ -165,3 +165,36 @@ def test_component_called_outside_a_pipeline_runs_at_once(env, tools):
     _, sleepy = tools
     step = sleepy(seconds=0.1, tag="solo")
     assert Path(step.outputs.out.uri().removeprefix("file://"), "done.txt").read_text() == "solo"
+
+
+def test_timeout_stops_the_step_process_and_publishes_nothing(env, tmp_path):
+    code = tmp_path / "slow"
+    code.mkdir()
+    script(code, "slow.py", """
+        import os, sys, time, pathlib
+        pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+        time.sleep(60)
+    """)
+    pidfile = tmp_path / "pid"
+    slow = command(name="slow", code=code, command="python slow.py ${{inputs.pidfile}} ${{outputs.o}}",
+                   inputs={"pidfile": "string"}, outputs={"o": "uri_folder"}, timeout=3)
+
+    @pipeline
+    def p():
+        return slow(pidfile=str(pidfile)).outputs.o
+
+    with pytest.raises(Exception, match="(?i)timed out|timeout"):
+        p()
+    import os
+    import time
+
+    pid = int(pidfile.read_text())
+    for _ in range(50):  # the process group is terminated on the way out
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"step process {pid} still alive after the timeout")
+    assert not list((env / "artifacts" / ".staging").iterdir())
