@@ -119,7 +119,7 @@ def _environment_key(component: Component, infra) -> Optional[str]:
         return identity(component.environment, component.code)
     from prefect_ml import environments
 
-    return environments.content_hash(component.environment, start=component.code)
+    return environments.cache_identity(component.environment, start=component.code)
 
 
 @dataclass

@@ -184,9 +184,9 @@ def test_step_killed_during_upload_publishes_nothing(env, s3, tmp_path, monkeypa
     code.mkdir()
     (code / "write.py").write_text(textwrap.dedent("""
         import os, sys
-        for i in range(48):  # 192 MiB in 48 objects: the upload takes seconds
+        for i in range(32):  # 64 MiB in 32 objects: the upload takes a while
             with open(os.path.join(sys.argv[1], f"part-{i:02d}.bin"), "wb") as f:
-                f.write(os.urandom(4 << 20))
+                f.write(os.urandom(2 << 20))
     """))
     script = tmp_path / "upload_pipe.py"
     script.write_text(KILL_SCRIPT)
@@ -215,15 +215,15 @@ def test_step_killed_during_upload_publishes_nothing(env, s3, tmp_path, monkeypa
     assert storage.ArtifactRoot(root).completed(key, ["out"]) is None  # nothing a reader or the cache trusts
 
     # the next run recomputes the step and publishes a new, complete attempt
+    monkeypatch.setattr(sys, "argv", [str(script), str(code)])
     spec = importlib.util.spec_from_file_location("upload_pipe", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [str(script), str(code)])
     out = module.upload_pipe()
     new_key, new_attempt = out["out"].split("/steps/")[1].split("/")[:2]
     assert new_key == key and new_attempt != killed_attempt
     assert storage.ArtifactRoot(root).completed(key, ["out"]).attempt == new_attempt
-    assert len(s3.fs.ls(out["out"])) == 48
+    assert len(s3.fs.ls(out["out"])) == 32
 
 
 def test_200_mib_through_s3_staging_keeps_its_checksum(s3, tmp_path):
