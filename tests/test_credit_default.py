@@ -52,6 +52,15 @@ def check_run(state, model_name):
     assert children and children[0].data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert children[0].data.tags["mlflow.parentRunId"]
 
+    with get_client(sync_client=True) as c:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        artifacts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    gate_md = [a for a in artifacts if a.key == "gate-auc"]
+    assert gate_md and "PASSED" in gate_md[0].data
+    parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
+    assert "passed" in parent.data.tags["prefect_ml.gate.auc"]
+
     reg = out["registered"]
     version = client.get_model_version_by_alias(model_name, "candidate")
     assert int(version.version) == reg["version"]

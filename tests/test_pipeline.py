@@ -198,3 +198,30 @@ def test_timeout_stops_the_step_process_and_publishes_nothing(env, tmp_path):
     else:
         pytest.fail(f"step process {pid} still alive after the timeout")
     assert not list((env / "artifacts" / ".staging").iterdir())
+
+
+def test_output_streams_into_task_run_logs_while_the_step_runs(env, tmp_path):
+    code = tmp_path / "talk"
+    code.mkdir()
+    script(code, "talk.py", """
+        import time
+        for i in range(4):
+            print(f"tick {i}")
+            time.sleep(1)
+    """)
+    talk = command(name="talk", code=code, command="python talk.py")
+
+    @pipeline
+    def p():
+        talk()
+
+    state = p(return_state=True)
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as c:
+        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        run = [r for r in task_runs(state.state_details.flow_run_id) if r.name == "talk"][0]
+    ticks = sorted(l.timestamp for l in logs if l.message.startswith("tick "))
+    assert len(ticks) == 4
+    # the first line was logged (by its own timestamp) well before the step ended
+    assert (run.end_time - ticks[0]).total_seconds() > 2
