@@ -1,0 +1,188 @@
+"""Data assets: the registry (immutable versions, fingerprints, snapshots), the CLI, pipeline inputs, lineage."""
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from prefect_ml import Input, Output, command, data_asset, pipeline, storage
+from prefect_ml.asset_registry import AssetRegistry, asset_of
+from prefect_ml.errors import DataAssetError
+
+
+@pytest.fixture
+def data(tmp_path):
+    d = tmp_path / "data"
+    (d / "folder").mkdir(parents=True)
+    (d / "credit.csv").write_text("a,b\n1,2\n")
+    (d / "folder" / "p1.csv").write_text("1\n")
+    (d / "folder" / "p2.csv").write_text("2\n")
+    return d
+
+
+@pytest.fixture
+def reg(ml_home):
+    return AssetRegistry.default()
+
+
+def test_registry_lives_on_the_artifact_root(reg, ml_home):
+    assert reg.uri == (ml_home / "artifacts" / "assets").resolve().as_uri()
+
+
+def test_register_list_show_latest(reg, data):
+    v1 = reg.register("credit-card", "1", str(data / "credit.csv"), description="UCI")
+    assert v1.type == "uri_file" and v1.uri == (data / "credit.csv").as_uri()
+    assert v1.files == [{"path": "credit.csv", "size": 8, "checksum": storage.sha256_file(data / "credit.csv"),
+                         "mtime_ns": (data / "credit.csv").stat().st_mtime_ns}]
+    assert storage.local_path(reg._record_uri("credit-card", "1")).is_file()
+    v2 = reg.register("credit-card", "2", str(data / "folder"), type="uri_folder")
+    assert v2.type == "uri_folder" and [f["path"] for f in v2.files] == ["p1.csv", "p2.csv"]
+    assert [v.version for v in reg.versions("credit-card")] == ["1", "2"]
+    assert reg.get("credit-card", "latest").version == "2"
+    assert reg.resolve("credit-card", "1") == v1.uri
+    assert asset_of(v1.uri) == ("credit-card", "1")  # remembered for lineage tags
+    assert [(v.name, v.version) for v in reg.list()] == [("credit-card", "1"), ("credit-card", "2")]
+
+
+def test_versions_are_immutable(reg, data):
+    v1 = reg.register("cc", "1", str(data / "credit.csv"))
+    assert reg.register("cc", "1", str(data / "credit.csv")).created_at == v1.created_at  # same data: a no-op
+    with pytest.raises(DataAssetError, match="version 1 already exists with other data.*register this data as a new version"):
+        reg.register("cc", "1", str(data / "folder"))
+    with pytest.raises(DataAssetError, match="is a file, not a folder; use --type uri_file"):
+        reg.register("cc", "2", str(data / "credit.csv"), type="uri_folder")
+    with pytest.raises(DataAssetError, match="not 'latest'"):
+        reg.register("cc", "latest", str(data / "credit.csv"))
+    with pytest.raises(DataAssetError, match="does not exist"):
+        reg.register("cc", "3", str(data / "missing.csv"))
+
+
+def test_unknown_name_and_version_list_what_exists(reg, data):
+    reg.register("credit-card", "1", str(data / "credit.csv"))
+    reg.register("credit-card", "2", str(data / "credit.csv"))
+    reg.register("other", "a", str(data / "folder"))
+    with pytest.raises(DataAssetError, match=r"unknown data asset 'nope' .*registered assets: credit-card, other\. "
+                                             r"Register it with: prefect-ml data register nope"):
+        reg.resolve("nope", "1")
+    with pytest.raises(DataAssetError, match=r"data asset 'credit-card' has no version '9'; versions: 1, 2 \(latest: 2\)"):
+        reg.resolve("credit-card", "9")
+
+
+def test_changed_data_is_an_error_and_a_snapshot_keeps_the_version(reg, data):
+    reg.register("cc", "1", str(data / "credit.csv"))
+    snap = reg.register("cc", "1s", str(data / "credit.csv"), snapshot=True)
+    assert snap.snapshot and snap.uri.startswith(reg.uri) and snap.source_uri == (data / "credit.csv").as_uri()
+    reg.register("folder", "1", str(data / "folder"))
+    (data / "credit.csv").write_text("a,b\n1,3\n")
+    (data / "folder" / "p3.csv").write_text("3\n")
+    with pytest.raises(DataAssetError, match=r"data asset 'cc' version 1 changed since registration .*'credit.csv' "
+                                             r"content changed.*register the current data as a new version"):
+        reg.resolve("cc", "1")
+    with pytest.raises(DataAssetError, match=r"changed since registration.*'p3.csv' was added"):
+        reg.resolve("folder", "1")
+    assert storage.local_path(reg.resolve("cc", "1s")).read_text() == "a,b\n1,2\n"  # the snapshot did not change
+    # a touch without a content change is not a change
+    os.utime(data / "folder" / "p1.csv", ns=(1, 1))
+    (data / "folder" / "p3.csv").unlink()
+    assert reg.resolve("folder", "1")
+
+
+def test_cli_register_list_show(ml_home, data):
+    from prefect_ml.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "register", "credit-card", "--version", "1", "--path", str(data / "credit.csv"),
+                            "--type", "uri_file", "--description", "UCI credit default"])
+    assert r.exit_code == 0, r.output
+    assert "Registered asset:credit-card:1" in r.output
+    r = runner.invoke(app, ["data", "register", "credit-card", "--version", "2", "--path", str(data / "folder"), "--snapshot"])
+    assert r.exit_code == 0 and "snapshot of" in r.output, r.output
+    r = runner.invoke(app, ["data", "list"])
+    assert r.exit_code == 0 and "credit-card  1" in r.output and "uri_folder" in r.output, r.output
+    r = runner.invoke(app, ["data", "list", "--json"])
+    assert [v["version"] for v in json.loads(r.output)] == ["1", "2"]
+    r = runner.invoke(app, ["data", "show", "credit-card:1"])
+    assert r.exit_code == 0 and "UCI credit default" in r.output and "unchanged since registration" in r.output
+    r = runner.invoke(app, ["data", "show", "credit-card"])
+    assert "asset:credit-card:2" in r.output and "latest: 2" in r.output
+    (data / "credit.csv").write_text("changed")
+    r = runner.invoke(app, ["data", "show", "credit-card:1"])
+    assert r.exit_code == 2 and "CHANGED since registration" in r.output
+    r = runner.invoke(app, ["data", "show", "nope"])
+    assert r.exit_code == 1 and "unknown data asset 'nope'" in r.output
+
+
+@pytest.fixture
+def copier(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "cp.py").write_text("import sys, shutil; shutil.copy(sys.argv[1], sys.argv[2])\n")
+    return command(name="copier", code=code, command="python cp.py ${{inputs.data}} ${{outputs.out}}",
+                   inputs={"data": Input(type="uri_file")}, outputs={"out": Output(type="uri_file")})
+
+
+def test_a_data_asset_as_pipeline_input(env, data, copier):
+    AssetRegistry.default().register("credit-card", "1", str(data / "credit.csv"))
+
+    @pipeline
+    def copy_asset(data: str = data_asset("credit-card", "latest")):
+        return copier(data=data).outputs.out
+
+    out = copy_asset()
+    assert storage.local_path(out).read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("asset:nope:1", r"unknown data asset 'nope'.*registered assets: credit-card"),
+    ("azureml:credit-card:7", r"data asset 'credit-card' has no version '7'; versions: 1"),
+    ("asset:credit-card:1", r"data asset 'credit-card' version 1 changed since registration"),
+])
+def test_bad_data_asset_input_fails_before_any_step(env, data, copier, ref, message):
+    AssetRegistry.default().register("credit-card", "1", str(data / "credit.csv"))
+    if "changed" in message:
+        (data / "credit.csv").write_text("a,b\n9,9\n")
+
+    @pipeline
+    def copy_asset(data: str):
+        return copier(data=data).outputs.out
+
+    with pytest.raises(DataAssetError, match=message):
+        copy_asset(data=ref)
+    assert not (env / "artifacts" / "steps").exists()  # nothing ran, nothing published
+
+
+def test_lineage_records(env, data):
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+
+    from prefect_ml import lineage
+
+    reg = AssetRegistry.default()
+    reg.register("credit-card", "3", str(data / "credit.csv"))
+    src = reg.resolve("credit-card", "3")
+    inputs = {"data": src}
+    fps = {"data": storage.fingerprint(src)}
+    outputs = {"train_data": "s3://bucket/root/steps/k/a/train_data"}
+    assert lineage.mlflow_tags(inputs, fps) == {
+        "prefect_ml.input.data": src, "prefect_ml.input_fingerprint.data": fps["data"],
+        "prefect_ml.data_asset.data": "credit-card:3"}
+    assert lineage.model_version_tags({"data_prep": inputs, "train": {"train_data": outputs["train_data"]}}) == {
+        "prefect_ml.data_asset.data_prep.data": "credit-card:3", "prefect_ml.data_assets": "credit-card:3"}
+
+    @task
+    def step_task():
+        lineage.record_step("data_prep", inputs, fps, outputs, cache_key="k")
+        return [e.event for e in lineage.emit_asset_events("data_prep", inputs, outputs, fingerprints=fps)]
+
+    @flow
+    def lineage_flow():
+        return step_task()
+
+    events = lineage_flow()
+    assert events == ["prefect.asset.referenced", "prefect.asset.materialization.succeeded"]
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lineage-data-prep"])))
+    assert arts and "credit-card:3" in json.dumps(arts[0].data)
