@@ -119,8 +119,23 @@ def _check_uri(uri: str) -> None:
 # --- credentials and filesystems -----------------------------------------------------------------
 
 
+_block_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+BLOCK_TTL_S = 60.0  # re-read the block at most once a minute (a rotated secret is picked up)
+
+
 def _options_from_block(name: str) -> dict[str, Any]:
     """Storage options kept in a saved Prefect block (a Secret or JSON block holding the same JSON)."""
+    import time
+
+    cached = _block_cache.get(name)
+    if cached and time.monotonic() - cached[0] < BLOCK_TTL_S:
+        return cached[1]
+    value = _load_block_options(name)
+    _block_cache[name] = (time.monotonic(), value)
+    return value
+
+
+def _load_block_options(name: str) -> dict[str, Any]:
     from prefect.blocks.core import Block
 
     try:

@@ -346,3 +346,39 @@ def test_wrong_azure_credentials(env, abfs, tmp_path, monkeypatch, capfd):
     captured = capfd.readouterr()
     assert bad_key not in captured.out + captured.err
     _assert_nothing_published(abfs.fs, abfs.container)
+
+
+# --- credentials from a Prefect block; data assets on S3 ----------------------------------------
+
+
+def test_storage_options_from_a_secret_block(env, s3, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    Secret(value=json.dumps({"s3": {"key": "testing", "secret": "testing", "endpoint_url": s3.endpoint}})).save(
+        "ml-storage-test", overwrite=True)
+    s3.fs.pipe(f"{s3.bucket}/x.txt", b"x")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PREFECT_ML_STORAGE_OPTIONS_BLOCK", "secret/ml-storage-test")
+    assert storage.exists(s3.url("x.txt"))
+    assert storage.storage_options("s3a")["endpoint_url"] == s3.endpoint
+    monkeypatch.setenv("PREFECT_ML_STORAGE_OPTIONS_BLOCK", "secret/no-such-block")
+    with pytest.raises(StorageError, match="names block 'secret/no-such-block', which cannot be loaded"):
+        storage.exists(s3.url("x.txt"))
+
+
+def test_s3_data_asset_change_detection_and_snapshot(s3, ml_home, monkeypatch):
+    from prefect_ml.errors import DataAssetError
+
+    monkeypatch.setenv("PREFECT_ML_ARTIFACT_ROOT", s3.url("ml"))
+    s3.fs.pipe(f"{s3.bucket}/raw/a.csv", b"1,2\n")
+    s3.fs.pipe(f"{s3.bucket}/raw/b.csv", b"3,4\n")
+    reg = AssetRegistry.default()
+    v1 = reg.register("raw", "1", s3.url("raw"))
+    snap = reg.register("raw", "2", s3.url("raw"), snapshot=True)  # server-side copy under the root
+    assert v1.type == snap.type == "uri_folder" and snap.uri == s3.url("ml/assets/raw/2/data/raw")
+    s3.fs.pipe(f"{s3.bucket}/raw/b.csv", b"3,5\n")  # same size, new content: the ETag changes
+    with pytest.raises(DataAssetError, match=r"data asset 'raw' version 1 changed since registration.*'b.csv' content changed"):
+        reg.resolve("raw", "1")
+    assert reg.resolve("raw", "latest") == snap.uri
+    assert s3.fs.cat(f"{s3.bucket}/ml/assets/raw/2/data/raw/b.csv") == b"3,4\n"
