@@ -27,14 +27,14 @@ def summary_rows(run) -> list[dict]:
     rows = []
     for step in run.steps:
         res = step.result()
-        rows.append({
+        rows.append({  # the columns a reader scans first come first (the UI cuts wide tables)
             "step": step.name,
-            "component": f"{step.component.name}:{step.component.version}",
             "cache": "hit" if res.cached else "miss",
             "duration_s": round(res.duration_s, 2),
             "infrastructure": res.infrastructure,
-            "cache_key": res.key,
             "outputs": ", ".join(f"{k}={v}" for k, v in res.outputs.items()),
+            "component": f"{step.component.name}:{step.component.version}",
+            "cache_key": res.key,
         })
     return rows
 
