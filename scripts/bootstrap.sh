@@ -1,7 +1,7 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: make .venv and install prefect-ml into it.
 #   BOOTSTRAP_EXTRAS=test  installs the test extra too.
-# Works on a clean Debian with only python3: installs python3-venv with apt-get when venv is
-# missing and we are root.
+# Works on a clean Debian with only python3: installs python3-venv with apt-get when the venv
+# module is missing and we are root. Sets REPO, VENV and PY.
 REPO="${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 VENV="$REPO/.venv"
 PY="$VENV/bin/python"
@@ -25,9 +25,20 @@ if ! "$PY" -m uv --version >/dev/null 2>&1; then
     _say "installing uv into .venv ..."
     "$PY" -m pip install -q --disable-pip-version-check uv
 fi
+
+# The install is editable: only a changed pyproject.toml (or other extras) needs a new one
+# (uv rebuilds the editable wheel every time, ~5-8 s).
 _spec="."
 [ -n "${BOOTSTRAP_EXTRAS:-}" ] && _spec=".[${BOOTSTRAP_EXTRAS}]"
-_say "installing prefect-ml ($_spec) ..."
-_start=$SECONDS
-"$PY" -m uv pip install -q --python "$PY" -e "$_spec"
-_say "ready in $((SECONDS - _start)) s"
+_stamp="$VENV/.prefect-ml-installed"
+_want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) $_spec"
+if grep -qxF "$_want" "$_stamp" 2>/dev/null \
+    && "$PY" -c 'import importlib.metadata as m; m.version("prefect-ml")' >/dev/null 2>&1; then
+    _say "prefect-ml is installed and pyproject.toml is unchanged"
+else
+    _say "installing prefect-ml ($_spec) ..."
+    _start=$SECONDS
+    "$PY" -m uv pip install -q --python "$PY" -e "$REPO/$_spec"
+    echo "$_want" >>"$_stamp"
+    _say "ready in $((SECONDS - _start)) s"
+fi
