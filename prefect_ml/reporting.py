@@ -22,11 +22,25 @@ def artifact_key(prefix: str, pipeline: str) -> str:
     return f"{prefix}-{slug}"[:60].rstrip("-")
 
 
+def _finished(step):
+    """The step's `StepResult`, or None when it did not complete (failed, or never ran)."""
+    future = getattr(step, "future", None)
+    if future is not None and not future.state.is_completed():
+        return None
+    return step.result()
+
+
 def summary_rows(run) -> list[dict]:
-    """One row per finished step of `run` (a `PipelineRun`)."""
+    """One row per step of `run` (a `PipelineRun`); a step that did not complete shows its state."""
     rows = []
     for step in run.steps:
-        res = step.result()
+        res = _finished(step)
+        if res is None:
+            state = step.future.state
+            rows.append({"step": step.name, "cache": "-", "duration_s": None, "infrastructure": "",
+                         "outputs": f"{state.name}: {(state.message or '')[:200]}",
+                         "component": f"{step.component.name}:{step.component.version}", "cache_key": ""})
+            continue
         rows.append({  # the columns a reader scans first come first (the UI cuts wide tables)
             "step": step.name,
             "cache": "hit" if res.cached else "miss",
@@ -40,12 +54,14 @@ def summary_rows(run) -> list[dict]:
 
 
 def metrics_rows(run) -> list[dict]:
-    """One row per metric of each step's `metrics` outputs."""
+    """One row per metric of each completed step's `metrics` outputs."""
     from prefect_ml.step import read_metrics
 
     rows = []
     for step in run.steps:
-        res = step.result()
+        res = _finished(step)
+        if res is None:
+            continue
         for name, out in step.component.outputs.items():
             if out.type != "metrics" or name not in res.outputs:
                 continue
@@ -56,17 +72,21 @@ def metrics_rows(run) -> list[dict]:
 
 
 def pipeline_summary(run) -> None:
-    """Write the pipeline summary and the metrics table artifacts of a finished pipeline run."""
+    """Write the pipeline summary and the metrics table artifacts of a pipeline run.
+
+    Safe to call for a failed run too: steps that did not complete are listed with their state.
+    """
     rows = summary_rows(run)
     if not rows:
         return
     hits = sum(r["cache"] == "hit" for r in rows)
+    ran = sum(r["cache"] == "miss" for r in rows)
     create_table_artifact(
         key=artifact_key("pipeline", run.spec.pipeline),
         table=rows,
         description=(
-            f"prefect-ml pipeline {run.spec.pipeline}: {len(rows)} steps ({hits} cache hits, "
-            f"{len(rows) - hits} ran); artifact root {run.spec.artifact_root}"
+            f"prefect-ml pipeline {run.spec.pipeline}: {len(rows)} steps ({hits} cache hits, {ran} ran, "
+            f"{len(rows) - hits - ran} did not complete); artifact root {run.spec.artifact_root}"
         ),
     )
     try:
