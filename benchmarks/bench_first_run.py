@@ -4,8 +4,10 @@ split into install / Prefect start / build / pipeline.
     python benchmarks/bench_first_run.py [--reps 1] [--installer pip|uv|both] [--demo] [--quick]
 
 Phases, each measured on its own so the split is exact:
-  install        a fresh `git clone` of this repo, a new venv and `pip install -e .` with an
-                 empty pip cache (everything downloaded, as for a newcomer); `uv` for comparison
+  install        a fresh `git clone` of this repo, then what demo.sh does first: `scripts/bootstrap.sh`
+                 (a new .venv, `pip install uv`, `uv pip install -e .`) with empty pip and uv
+                 caches (everything downloaded, as for a newcomer); `--installer pip` adds a plain
+                 `pip install -e .` for comparison
   prefect start  a fresh process with a fresh PREFECT_HOME: imports, then the first flow call
                  (the ephemeral API server starts and migrates its database)
   build          the environment build the run needs: none on process infrastructure with the
@@ -66,7 +68,10 @@ def install(work: Path, installer: str) -> float:
                PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.pop("VIRTUAL_ENV", None)
     t0 = time.perf_counter()
-    if installer == "pip":
+    if installer == "bootstrap":
+        subprocess.run(["bash", "-c", "source scripts/bootstrap.sh"], cwd=repo, check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    elif installer == "pip":
         subprocess.run(["python3", "-m", "venv", ".venv"], cwd=repo, check=True, env=env)
         subprocess.run([".venv/bin/pip", "install", "-q", "-e", "."], cwd=repo, check=True, env=env)
     else:
@@ -81,7 +86,8 @@ def install(work: Path, installer: str) -> float:
 
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0], reps=1)
-    p.add_argument("--installer", default="both", choices=["pip", "uv", "both", "none"])
+    p.add_argument("--installer", default="bootstrap", choices=["bootstrap", "pip", "uv", "both", "all", "none"],
+                   help="both = bootstrap and uv; all = bootstrap, pip and uv")
     p.add_argument("--demo", action="store_true", default=None)
     p.add_argument("--child", action="store_true", help=__import__("argparse").SUPPRESS)
     p.add_argument("--child-work", help=__import__("argparse").SUPPRESS)
@@ -90,7 +96,7 @@ def main() -> None:
         return child(args.child_work)
     reps = 1 if args.quick else args.reps
     installers = [] if args.quick or args.installer == "none" else (
-        ["pip", "uv"] if args.installer == "both" else [args.installer])
+        {"all": ["bootstrap", "pip", "uv"], "both": ["bootstrap", "uv"]}.get(args.installer, [args.installer]))
     demo = args.demo if args.demo is not None else (c.REPO / "scripts" / "demo.sh").exists() and not args.quick
     run = c.Run("first_run", args)
     results: dict = {"phases": {}}
@@ -129,8 +135,10 @@ def main() -> None:
             denv = c.bench_env(work / "demo-homes")
             for k in ("PREFECT_HOME", "PREFECT_ML_HOME", "PYTHONPATH"):
                 denv.pop(k, None)  # the script sets up its own, as for a newcomer
-            denv["HOME"] = str(work / "demo-user-home")
+            denv["HOME"] = str(work / "demo-user-home")  # fresh ~/.prefect and ~/.prefect-ml
             Path(denv["HOME"]).mkdir()
+            denv["PIP_CACHE_DIR"] = str(work / "demo-pip-cache")  # empty caches, as for a newcomer
+            denv["UV_CACHE_DIR"] = str(work / "demo-uv-cache")
             c.note("bash scripts/demo.sh in a fresh clone ...")
             t0 = time.perf_counter()
             proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=clone, env=denv, capture_output=True, text=True,
@@ -140,7 +148,9 @@ def main() -> None:
     ph = results["phases"]
     rows = []
     for inst in installers:
-        rows.append([f"install: fresh clone, venv, `{inst} install -e .`, empty cache",
+        what = "scripts/bootstrap.sh (venv, pip install uv, uv pip install -e .)" if inst == "bootstrap" else \
+            f"venv, `{inst} install -e .`"
+        rows.append([f"install: fresh clone, {what}, empty caches",
                      c.fmt_stat(ph[f"install ({inst}, empty cache)"], 1)])
     rows += [
         ["imports (prefect, prefect-ml, the flow's components)", c.fmt_stat(ph["import_s"], 1)],
