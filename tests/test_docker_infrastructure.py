@@ -220,7 +220,8 @@ def test_timeout_stops_and_removes_the_container(env, base_image, tmp_path, dock
 
 
 CANCEL_SCRIPT = """
-import sys
+import faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps stacks if it hangs
 from prefect_ml import command, pipeline
 step = command(name=sys.argv[1], code=sys.argv[2], command="sleep 300", cache=False)
 
@@ -243,6 +244,7 @@ def test_cancelled_run_removes_its_container(env, base_image, tmp_path, docker_c
                  "PREFECT_ML_BASE_IMAGE": base_image, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script), name, str(tmp_path)], env=child_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
     try:
         deadline = time.monotonic() + 120
         running = []
@@ -252,8 +254,17 @@ def test_cancelled_run_removes_its_container(env, base_image, tmp_path, docker_c
                 break
             time.sleep(0.3)
         assert running, f"the step's container never started; output:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+        t_running = time.monotonic() - started
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=90)
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f"the flow process did not end within 90 s of SIGTERM; its output and stacks:\n{out[-8000:]}")
+        print(f"container running after {t_running:.1f} s; process ended {time.monotonic() - started - t_running:.1f} s after SIGTERM")
     finally:
         if proc.poll() is None:
             proc.kill()
