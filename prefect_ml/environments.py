@@ -139,7 +139,9 @@ def cache_identity(name: Optional[str], start: Optional[Path] = None) -> Optiona
 
 
 def base_image_setting() -> str:
-    return os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    from prefect_ml.settings import get_settings
+
+    return get_settings().base_image or DEFAULT_BASE_IMAGE
 
 
 def ca_bundle() -> Optional[Path]:
