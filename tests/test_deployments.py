@@ -281,9 +281,10 @@ def test_deployments_exist_with_schedule_and_parameter_schema(deploy_stack: Stac
     pools = {cpu["work_pool_name"], gpu["work_pool_name"]}
     assert pools == {"ml-cpu", "ml-gpu"}, pools
     assert gpu["parameters"]["train_infrastructure"] == "gpu"
-    assert cpu["pull_steps"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
-    ]
+    # the pull step holds the checkout's path, recorded by the build step at deploy time
+    (pull,) = cpu["pull_steps"]
+    directory = pull["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert Path(directory).resolve() == REPO, directory
     schema = cpu["parameter_openapi_schema"]["properties"]
     assert schema["min_auc"]["type"] == "number" and schema["min_auc"]["maximum"] == 1.0
     assert schema["n_estimators"]["type"] == "integer"
