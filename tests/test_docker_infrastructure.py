@@ -347,3 +347,11 @@ def test_missing_base_image_with_pull_policy_never_starts_nothing(env, tmp_path,
     with pytest.raises(EnvironmentSpecError, match=r"'prefect-ml/no-such-base:1' does not exist locally and the pull policy is 'never'.*prefect-ml env base-image"):
         DockerStepInfrastructure(pull_policy="never").run(job, lambda line: None)
     assert not ours(docker_client, **{"prefect-ml.step": "nobase"})
+
+
+def test_environment_identity_for_the_cache_key_is_the_image_hash(base_image, sklearn_cpu_image):
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+    identity = DockerStepInfrastructure().environment_identity("sklearn-cpu", REPO / "components" / "train")
+    name, digest = identity.split("@")
+    assert name == "sklearn-cpu" and sklearn_cpu_image == f"prefect-ml/sklearn-cpu:{digest[:16]}"

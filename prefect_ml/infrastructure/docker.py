@@ -192,6 +192,28 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         name = getattr(self, "_block_document_name", None)
         return f"docker:{name}" if name else "docker"
 
+    def environment_identity(self, environment: str, code_dir: Path) -> str:
+        """The environment part of a step's cache key here: `<name>@<image hash>` (spec, requirement
+        files and the base image's id), or `image:<image>@<id>` when `image` overrides it.
+
+        Nothing is built; the base image must be present (or pullable, per `pull_policy`), so a
+        missing base image or an unreachable engine fails here, before anything runs.
+        """
+        from prefect_ml import environments
+
+        client = self._client()
+        try:
+            if self.image:
+                image_id = environments.base_image_id(
+                    client, self.image, self.pull_policy, self.registry_credentials, who=self._block_label())
+                return f"image:{self.image}@{image_id}"
+            env = environments.load_environment(environment, start=code_dir)
+            base_id = environments.base_image_id(client, env.resolved_base_image(), self.pull_policy,
+                                                 self.registry_credentials, who=f"environment '{env.name}'")
+            return f"{env.name}@{env.image_hash(base_id)}"
+        finally:
+            client.close()
+
     def run(self, job: StepJob, log: Callable[[str], None]) -> StepOutcome:
         client = self._client()
         try:
