@@ -64,7 +64,7 @@ def fresh_clone(dest: Path) -> None:
 def install(work: Path, installer: str) -> float:
     repo = work / f"clone-{installer}"
     fresh_clone(repo)
-    env = dict(os.environ, PIP_CACHE_DIR=str(work / f"pip-cache-{installer}"), UV_CACHE_DIR=str(work / f"uv-cache"),
+    env = dict(os.environ, PIP_CACHE_DIR=str(work / f"pip-cache-{installer}"), UV_CACHE_DIR=str(work / f"uv-cache-{installer}"),
                PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.pop("VIRTUAL_ENV", None)
     t0 = time.perf_counter()
