@@ -31,9 +31,15 @@ class PrefectMLSettings(BaseSettings):
     base_image: str = Field(
         default="python:3.11-slim", description="Base image for environments that name none."
     )
-    build_ca_bundle: Optional[Path] = Field(
+    build_ca_bundle: Optional[str] = Field(
         default=None,
-        description="Extra CA bundle copied into image builds and mounted into containers (TLS-inspecting proxies).",
+        description="CA bundle for image builds (TLS-inspecting proxies); default: the host's "
+        "/etc/ssl/certs/ca-certificates.crt when present; `none` turns it off. When set, also mounted into containers.",
+    )
+    environments_dir: Optional[str] = Field(
+        default=None,
+        description="Directories holding environments/<name>/environment.yaml, separated by os.pathsep; "
+        "searched before walking up from a component's code dir.",
     )
     storage_options: Optional[str] = Field(
         default=None,

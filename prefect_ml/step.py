@@ -272,7 +272,7 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
             labels={"prefect-ml.flow-run-id": run.flow_run_id or "", "prefect-ml.task-run-id": task_run_id,
                     "prefect-ml.step": step_name},
         )
-        logger.info(f"running on {infra.describe()}: {' '.join(job.argv())}")
+        logger.info(f"running on {infra.describe()}")
         outcome = infra.run(job, logger.info)
         if outcome.exit_code != 0:
             reason = f" ({outcome.reason})" if outcome.reason else ""

@@ -25,14 +25,15 @@ def block_types() -> list[type]:
 def saved_names() -> list[str]:
     """Names of saved infrastructure blocks of every prefect-ml type."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import BlockDocumentFilter, BlockTypeFilter, BlockTypeFilterSlug
+    from prefect.exceptions import ObjectNotFound
 
     names: list[str] = []
     with get_client(sync_client=True) as client:
         for t in block_types():
-            docs = client.read_block_documents(
-                block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=[t.get_block_type_slug()]))
-            ) if hasattr(client, "read_block_documents") else []
+            try:
+                docs = client.read_block_documents_by_type(t.get_block_type_slug(), include_secrets=False)
+            except ObjectNotFound:  # type not registered on this server yet
+                docs = []
             names += [d.name for d in docs if d.name and not d.is_anonymous]
     return sorted(set(names))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import shlex
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -220,6 +221,7 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
             image = self._image(job, client, log)
             mounts, path_map = self._mounts(job)
             argv = job.argv(path_map)
+            log(f"command: {shlex.join(argv)} (image {image})")
             env = self._environment(job)
             return self._run_container(job, client, image, argv, env, mounts, log)
         finally:

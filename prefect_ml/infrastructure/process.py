@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -62,6 +63,7 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
                     exit_code=127,
                 )
             argv[0] = found
+        log(f"command: {shlex.join(job.argv())}")
         tail = LineTail()
         proc = subprocess.Popen(
             argv, cwd=job.code_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -88,7 +90,7 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
         if self.use_environment_venv and job.environment:
             from prefect_ml.environments import ensure_venv
 
-            return ensure_venv(job.environment) / "bin"
+            return ensure_venv(job.environment, start=job.code_dir) / "bin"
         return Path(sys.executable).parent
 
     def describe(self) -> str:
