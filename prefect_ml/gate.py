@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from prefect_ml import tracking
+from prefect_ml.lineage import model_version_tags
 from prefect_ml.errors import GateError, RegistrationError
 from prefect_ml.pipeline import OutputRef, current_run
 from prefect_ml.step import StepResult, read_metrics
@@ -108,12 +109,15 @@ def _register(producer: Optional[StepResult], model_uri: str, output: str, name:
         lineage["prefect_ml.flow_run_id"] = run.spec.flow_run_id or ""
         if run.spec.mlflow_run_id:
             lineage["prefect_ml.mlflow_parent_run_id"] = run.spec.mlflow_run_id
+        step_inputs: dict[str, dict[str, str]] = {}
         for step in run.steps:
             if step.future is not None and step.future.state.is_completed():
                 res = step.result()
+                step_inputs[step.name] = res.inputs
                 for k, uri in res.inputs.items():
                     if not res.fingerprints.get(k, "").startswith("step:"):  # external data, not a step output
                         lineage[f"prefect_ml.input.{step.name}.{k}"] = uri
+        lineage.update(model_version_tags(step_inputs))
     lineage["prefect_ml.model_uri"] = model_uri
     run_id = producer.mlflow_run_id if producer else None
     try:

@@ -47,6 +47,14 @@ class PrefectMLSettings(BaseSettings):
         '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}. Prefer the standard credential chains for secrets.',
     )
 
+    storage_options_block: Optional[str] = Field(
+        default=None,
+        description="Name of a saved Secret or JSON block holding storage options keyed by protocol (for secrets).",
+    )
+    asset_registry: Optional[str] = Field(
+        default=None, description="URI of the data asset registry. Default: <artifact root>/assets."
+    )
+
     @property
     def home_path(self) -> Path:
         return self.home.expanduser().resolve()

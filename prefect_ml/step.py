@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from prefect_ml import caching, storage, tracking
+from prefect_ml import caching, lineage, storage, tracking
 from prefect_ml.component import Component
 from prefect_ml.errors import PrefectMLError, StepFailed
 from prefect_ml.infrastructure import resolve_infrastructure
@@ -239,6 +239,8 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
         published = d.published
         run_id = tracking.start_run(run.experiment, step_name, {**tags, "prefect_ml.cache": "hit"}, run.mlflow_run_id, params)
         _track_outputs(component, published.outputs, run_id, step_name)
+        tracking.set_tags(run_id, lineage.mlflow_tags(data, fingerprints))
+        lineage.record_step(step_name, data, fingerprints, published.outputs, cache_key=key, cached=True)
         tracking.end_run(run_id, True)
         result = StepResult(step_name, key, published.outputs, True, run_id, data, fingerprints,
                             time.monotonic() - started, infra.describe())
@@ -248,7 +250,8 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
     attempt, staging = root.new_attempt(staging_home)
     ok = False
     try:
-        data_paths = {name: storage.stage_in(uri, staging_home) for name, uri in data.items()}
+        data_paths = {name: storage.stage_in(uri, staging_home, fingerprint_hint=fingerprints.get(name))
+                      for name, uri in data.items()}
         out_paths: dict[str, Path] = {}
         for name, out in component.outputs.items():
             p = staging / output_rel_path(name, out)
@@ -290,6 +293,8 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
         })
         tracking.log_metrics(run_id, metrics)
         _track_outputs(component, published.outputs, run_id, step_name, metrics_known=True)
+        tracking.set_tags(run_id, lineage.mlflow_tags(data, fingerprints))
+        lineage.record_step(step_name, data, fingerprints, published.outputs, cache_key=key)
         ok = True
     finally:
         if not ok:
