@@ -63,6 +63,7 @@ def cases(code: Path):
         "unknown URI scheme in an input": (lambda: data(d="ftp://host/x.csv"), StorageError, r"unknown URI scheme 'ftp://'"),
         "unknown data asset": (lambda: data(d="asset:no-such-asset:1"), DataAssetError, r"unknown data asset 'no-such-asset'"),
         "metrics output given to a data input": (lambda: data(d=metrics().outputs.m), StepInputError, r"input 'd' \(uri_file\) cannot take output 'm' \(metrics\)"),
+        "metrics output given to a value input": (lambda: number(x=metrics().outputs.m), StepInputError, r"input 'x': is of type 'number' but got the output 'm' of step 'metrics'"),
         "gate on a missing metric": (lambda: gate(metrics().outputs.m, "f1", ">=", 0.5), GateError, r"metric 'f1' is not in the metrics output.*available metrics: \['auc'\]"),
         "gate with an unknown operator": (lambda: gate(metrics().outputs.m, "auc", "=>", 0.5), GateError, r"unknown operator '=>'; use one of"),
         "register a non-model output": (lambda: register_model(metrics().outputs.m, name="x"), RegistrationError, r"output 'm' of step 'metrics' is metrics; only mlflow_model outputs"),
@@ -80,7 +81,7 @@ def cases(code: Path):
 
 CASES = [
     "required input missing", "string for a number", "value above max", "value not in enum", "unknown input name",
-    "data that does not exist", "unknown URI scheme in an input", "unknown data asset", "metrics output given to a data input",
+    "data that does not exist", "unknown URI scheme in an input", "unknown data asset", "metrics output given to a data input", "metrics output given to a value input",
     "gate on a missing metric", "gate with an unknown operator", "register a non-model output", "unknown infrastructure",
     "unknown environment", "non-zero exit", "program not on PATH", "declared output not written", "metrics not JSON",
     "metrics not numbers", "mlflow_model without MLmodel",
