@@ -6,7 +6,7 @@ import operator
 from typing import Any, Optional, Union
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from prefect_ml import tracking

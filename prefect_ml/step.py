@@ -7,7 +7,6 @@ lives in `storage`, the cache key in `caching`, MLflow in `tracking`.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,10 +254,8 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
         out_paths: dict[str, Path] = {}
         for name, out in component.outputs.items():
             p = staging / output_rel_path(name, out)
-            if out.type in ("uri_folder", "mlflow_model"):
-                # mlflow save_model() refuses an existing dir: give it a path whose parent exists
-                if out.type == "uri_folder":
-                    p.mkdir(parents=True)
+            if out.type == "uri_folder":  # a folder output exists, as in Azure ML; an mlflow_model path
+                p.mkdir(parents=True)     # must not: mlflow's save_model() refuses an existing dir
             out_paths[name] = p
         job = StepJob(
             step_name=step_name, command=component.command, code_dir=component.code, values=values,

@@ -61,7 +61,7 @@ def _param(value: Any) -> str:
 def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: Optional[str] = None,
               params: Optional[Mapping[str, Any]] = None) -> str:
     """Create a run (nested under `parent_run_id` if given) and return its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client()
     all_tags = {k: str(v) for k, v in tags.items()}

@@ -19,7 +19,7 @@ import re
 import shlex
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 from pydantic import Field, field_validator
