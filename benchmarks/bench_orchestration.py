@@ -152,14 +152,14 @@ def main() -> None:
         results["kinds"][kind] = {"per_n": per_n, "per_step_s": k_slope, "overhead_per_step_s": overhead}
     for kind in kinds:
         r = results["kinds"][kind]
-        ratio = r["per_step_s"] / base_slope if base_slope else float("nan")
+        extra = r["per_step_s"] - base_slope if base_slope is not None else float("nan")
         target = ""
         if kind == "prefect-ml":
             target = f"<= {TARGET_OVERHEAD_S} s: {'met' if r['overhead_per_step_s'] <= TARGET_OVERHEAD_S else 'MISSED'}"
         rows.append([kind, *[c.fmt_stat(r["per_n"][n]) for n in sizes], c.fmt_s(r["per_step_s"]),
-                     c.fmt_s(r["overhead_per_step_s"]), f"{ratio:.2f}x", target])
+                     c.fmt_s(r["overhead_per_step_s"]), f"{extra:+.3f}", target])
     headers = ["runner", *[f"{n} steps (s)" for n in sizes], "per step (s)", "overhead/step (s)",
-               "per step vs bare Prefect", "target"]
+               "per step minus bare Prefect's (s)", "target"]
     run.notes.append(f"bare `python -c pass` subprocess: {c.fmt_stat(sub)} s (subtracted to get the overhead)")
     run.notes.append("times are median ± half-range of the repetitions; per step = least-squares slope over chain length")
     run.write(results, c.table(headers, rows))
