@@ -34,6 +34,7 @@ def credit_default(
     registered_model_name: Annotated[str, Field(min_length=1, description="MLflow registered model name")] = "credit_defaults_model",
     train_infrastructure: Annotated[Optional[str], Field(description="Infrastructure block for the train step (e.g. gpu); empty = the pipeline default")] = None,
 ) -> dict:
+    """Credit-default: data_prep -> train -> evaluate -> gate (auc >= min_auc) -> register."""
     if not data:
         data = str(credit_default_sample(get_settings().home_path / "samples" / "credit_default_synthetic.csv"))
         print(f"no data given: using the synthetic sample {data}")

@@ -8,7 +8,9 @@ steps run concurrently.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
+import typing
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -100,8 +102,12 @@ class Step:
         self.outputs = _Outputs(self)
 
     def result(self) -> StepResult:
-        """Wait for the step and return its `StepResult` (raises if it failed)."""
+        """Wait for the step and return its `StepResult` (raises if it, or a step it needs, failed)."""
         if self._result is None:
+            self.future.wait()
+            state = self.future.state
+            if not state.is_completed():
+                _raise_root_cause(self, state)
             self._result = self.future.result()
         return self._result
 
@@ -111,6 +117,34 @@ class Step:
 
     def __repr__(self) -> str:
         return f"Step({self.name!r})"
+
+
+def _raise_root_cause(step: "Step", state) -> None:
+    """A step that never ran (an upstream failed) reports the upstream's own error, not 'not ready'."""
+    run = current_run()
+    for other in (run.steps if run else []):
+        if other.future is not None and other.future.state.is_failed():
+            other.future.state.result()  # raises the failing step's error
+    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+        state.result()
+    from prefect_ml.errors import StepFailed
+
+    raise StepFailed(f"step '{step.name}' ended {state.name}: {state.message}")
+
+
+def _doc_with_field_descriptions(func: Callable) -> str:
+    """The function's docstring plus an `Args:` section from `Annotated[..., Field(description=...)]`,
+    which is where Prefect reads parameter descriptions for the UI's Run form."""
+    from pydantic.fields import FieldInfo
+
+    doc = inspect.getdoc(func) or ""
+    if "\nArgs:" in f"\n{doc}":
+        return doc
+    hints = typing.get_type_hints(func, include_extras=True)
+    lines = [f"    {n}: {m.description}" for n in inspect.signature(func).parameters
+             for m in getattr(hints.get(n), "__metadata__", ()) if isinstance(m, FieldInfo) and m.description]
+    # griffe (Prefect's docstring parser) needs a summary line before the Args section
+    return doc if not lines else (doc or f"Pipeline {func.__name__}.") + "\n\nArgs:\n" + "\n".join(lines)
 
 
 def _check_data_input(component: Component, name: str, value: Any) -> Any:
@@ -292,15 +326,20 @@ def pipeline(
                     state.result()  # raises the step's own error
                     raise RuntimeError(f"step '{step.name}' ended {state.type.value}: {state.message}")
                 resolved = _resolve(result)
-                from prefect_ml.reporting import pipeline_summary
-
-                pipeline_summary(run)
                 ok = True
                 return resolved
             finally:
+                try:  # the summary also helps on failed runs
+                    from prefect_ml.reporting import pipeline_summary
+
+                    pipeline_summary(run)
+                except Exception:  # noqa: BLE001 - never hide the run's own outcome
+                    if ok:
+                        raise
                 _current.reset(token)
                 tracking.end_run(mlflow_run_id, ok)
 
+        body.__doc__ = _doc_with_field_descriptions(func)
         f = flow(name=flow_name, **flow_kwargs)(body)
         f.__prefect_ml_pipeline__ = func
         f.__prefect_ml_options__ = {"infrastructure": infrastructure, "cache": cache, "experiment": experiment,

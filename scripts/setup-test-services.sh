@@ -48,6 +48,7 @@ if ! docker_up || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     have debootstrap || pkgs+=(debootstrap)
 fi
 if [ ! -x "$AZURITE_BLOB" ] && ! have npm; then pkgs+=(npm); fi
+have chromium || pkgs+=(chromium)  # the Prefect UI tests render pages headless
 
 if [ "${#pkgs[@]}" -gt 0 ]; then
     if is_root && have apt-get; then
@@ -169,6 +170,8 @@ elif ! have node; then
 else
     ready+=("Azurite $(azurite_version) (node $(node --version))")
 fi
+
+if have chromium; then ready+=("$(chromium --version 2>/dev/null | head -1)"); else missing+=("chromium (apt-get install -y chromium)"); fi
 
 # --- summary -----------------------------------------------------------------------------
 for r in "${ready[@]}"; do say "ready: $r"; done

@@ -309,9 +309,7 @@ def test_parameters_have_descriptions_for_the_run_form(deploy_stack: Stack):
     """The UI's Run form shows each parameter's description (Prefect reads them from the docstring's Args)."""
     schema = deploy_stack.deployment("credit-default/cpu")["parameter_openapi_schema"]["properties"]
     missing = [name for name, prop in schema.items() if not prop.get("description")]
-    if missing:
-        pytest.xfail(f"parameters without a description in the deployment schema: {missing} "
-                     "(needs the Annotated Field descriptions in the flow's docstring Args)")
+    assert not missing, f"parameters without a description in the deployment schema: {missing}"
 
 
 def test_invalid_parameter_is_refused(deploy_stack: Stack):

@@ -38,6 +38,16 @@ def saved_names() -> list[str]:
     return sorted(set(names))
 
 
+def _api_available() -> bool:
+    """Inside a flow or task run the Prefect API is up; elsewhere (e.g. `prefect-ml plan`) loading a
+    block could start a temporary server, so only built-ins and explicit API URLs are used."""
+    import os
+
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return bool(FlowRunContext.get() or TaskRunContext.get() or os.environ.get("PREFECT_API_URL"))
+
+
 def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepInfrastructure:
     """A block instance, a built-in name (`process`, `docker`), or the name of a saved block."""
     from prefect_ml.settings import get_settings
@@ -45,17 +55,19 @@ def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepI
     if isinstance(value, StepInfrastructure):
         return value
     name = value or get_settings().infrastructure
+    # a saved block wins over a built-in of the same name (`prefect-ml init` saves `process`)
+    if name not in BUILTINS or _api_available():
+        for t in block_types():
+            try:
+                return t.load(name)
+            except Exception:  # noqa: BLE001 - not saved under this type
+                continue
     if name == "process":
         return ProcessStepInfrastructure()
     if name == "docker":
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
         return DockerStepInfrastructure()
-    for t in block_types():
-        try:
-            return t.load(name)
-        except (ValueError, Exception):  # not saved under this type
-            continue
     try:
         known = saved_names()
     except Exception:  # noqa: BLE001 - listing is best effort for the message
