@@ -61,10 +61,13 @@ def summary(name: str, r: dict) -> list[str]:
                 f"docker run {res['docker_run_s']['median']:.3f} s", "<= +0.3 s", verdict(d <= 0.3)]
     if name == "parallelism":
         k = res["kinds"]["prefect-ml"]
+        v = verdict(k["vs_ideal"] <= 1.2)
+        if k["vs_ideal"] > 1.2 and k["vs_processes"] <= 1.2:
+            v = f"**missed** vs ideal; met vs what the shared machine gave bare processes ({k['vs_processes']:.2f}x)"
         return [f"{res['steps']} x {res['cpu_seconds']:g} s CPU steps on {res['cores']} cores",
                 f"{k['median']:.2f} s = {k['vs_ideal']:.2f}x ideal",
                 f"ideal {res['ideal_s']:.1f} s; bare processes {res['kinds']['processes']['median']:.2f} s; "
-                f"bare Prefect {res['kinds']['prefect']['median']:.2f} s", "<= 1.2x ideal", verdict(k["vs_ideal"] <= 1.2)]
+                f"bare Prefect {res['kinds']['prefect']['median']:.2f} s", "<= 1.2x ideal", v]
     if name == "reuse":
         return ["unchanged re-run of credit-default / its cold run", f"{res['ratio']['median']:.1%}",
                 f"cold {res['cold']['median']:.1f} s, re-run {res['rerun']['median']:.2f} s", "<= 5 %",
