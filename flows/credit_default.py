@@ -58,9 +58,15 @@ def main() -> None:
     args = parser.parse_args()
     out = credit_default(data=args.data, min_auc=args.min_auc, learning_rate=args.learning_rate)
     print(json.dumps(out, indent=2, default=str))
+    uri = get_settings().mlflow_tracking_uri
     if out["registered"]:
         print(f"\nRegistered model: {out['registered']['uri']} (version {out['registered']['version']})")
-        print(f"MLflow tracking URI: {get_settings().mlflow_tracking_uri}")
+        print(f"Load it:   MLFLOW_TRACKING_URI={uri} python -c \"import mlflow; "
+              f"print(mlflow.pyfunc.load_model('{out['registered']['uri']}'))\"")
+    else:
+        print(f"\nThe gate failed (auc < {args.min_auc}): no model version was registered.")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
+    print("Prefect UI: prefect server start  (then open http://127.0.0.1:4200)")
 
 
 if __name__ == "__main__":
