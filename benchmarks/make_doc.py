@@ -99,7 +99,8 @@ def summary(name: str, r: dict) -> list[str]:
                 "report", "reported"]
     if name == "first_run":
         ph = res["phases"]
-        parts = [f"{k.split(' ')[0]} {v['median']:.0f} s" for k, v in ph.items() if k.startswith("install")]
+        parts = [f"install/{k.split('(')[1].split(',')[0]} {v['median']:.0f} s" for k, v in ph.items()
+                 if k.startswith("install")]
         parts += [f"import {ph['import_s']['median']:.0f} s", f"Prefect start {ph['prefect_start_s']['median']:.0f} s",
                   "build 0 s (process)", f"pipeline {ph['pipeline_s']['median']:.0f} s"]
         demo = res.get("demo_sh")
@@ -124,7 +125,8 @@ def main() -> None:
         f"- **Machine:** {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('mem_gib')} GiB RAM, "
         f"Linux {machine.get('kernel')}, Python {machine.get('python')}",
         "- **Noise warning:** numbers were taken on a *shared, noisy 2-core machine* while other engineers ran",
-        "  test suites on it (load average recorded with every result, often 4–9 on 2 cores). Ratios against the",
+        "  test suites on it (load average recorded with every result: 6–9 during the memory run, 0.3–5 during",
+        "  the final runs after 10:43 UTC). Ratios against the",
         "  baseline measured in the same run are meaningful; absolute seconds are pessimistic.",
         "- **Setup:** `/tmp/stack/.venv` (prefect-ml editable + deps). Peers for the orchestration row live in",
         "  `benchmarks/.venvs/{kfp,zenml}` (made by `python benchmarks/bench_orchestration.py --setup-peers`).",
