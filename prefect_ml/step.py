@@ -237,10 +237,9 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
     if d.published:
         published = d.published
         run_id = tracking.start_run(run.experiment, step_name, {**tags, "prefect_ml.cache": "hit"}, run.mlflow_run_id, params)
-        _track_outputs(component, published.outputs, run_id, step_name)
-        tracking.set_tags(run_id, lineage.mlflow_tags(data, fingerprints))
         lineage.record_step(step_name, data, fingerprints, published.outputs, cache_key=key, cached=True)
-        tracking.end_run(run_id, True)
+        tracking.end_run(run_id, True, metrics=_published_metrics(component, published.outputs, step_name),
+                         tags={**_output_tags(published.outputs), **lineage.mlflow_tags(data, fingerprints)})
         result = StepResult(step_name, key, published.outputs, True, run_id, data, fingerprints,
                             time.monotonic() - started, infra.describe())
         return Completed(name="Cached", message=f"reused outputs of cache key {key}", data=result)
@@ -248,6 +247,8 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
     run_id = tracking.start_run(run.experiment, step_name, {**tags, "prefect_ml.cache": "miss"}, run.mlflow_run_id, params)
     attempt, staging = root.new_attempt(staging_home)
     ok = False
+    final_metrics: dict[str, float] = {}
+    final_tags: dict[str, str] = {}
     try:
         data_paths = {name: storage.stage_in(uri, staging_home, fingerprint_hint=fingerprints.get(name))
                       for name, uri in data.items()}
@@ -288,23 +289,26 @@ def run_step(component: Opaque, inputs: dict[str, Any], run: Opaque, step_name: 
             "key_parts": parts, "inputs": data, "flow_run_id": run.flow_run_id, "mlflow_run_id": run_id,
             "completed_at": time.time(),
         })
-        tracking.log_metrics(run_id, metrics)
-        _track_outputs(component, published.outputs, run_id, step_name, metrics_known=True)
-        tracking.set_tags(run_id, lineage.mlflow_tags(data, fingerprints))
+        final_metrics = metrics
+        final_tags = {**_output_tags(published.outputs), **lineage.mlflow_tags(data, fingerprints)}
         lineage.record_step(step_name, data, fingerprints, published.outputs, cache_key=key)
         ok = True
     finally:
         if not ok:
             root.discard(staging)
-        tracking.end_run(run_id, ok)
+        tracking.end_run(run_id, ok, metrics=final_metrics, tags=final_tags)
     return StepResult(step_name, key, published.outputs, False, run_id, data, fingerprints,
                       time.monotonic() - started, infra.describe())
 
 
-def _track_outputs(component: Component, outputs: dict[str, str], run_id: str, step: str, metrics_known=False) -> None:
-    tags = {f"prefect_ml.output.{k}": v for k, v in outputs.items()}
-    tracking.set_tags(run_id, tags)
-    if not metrics_known:
-        for name, out in component.outputs.items():
-            if out.type == "metrics":
-                tracking.log_metrics(run_id, read_metrics(outputs[name], where=f"step '{step}', output '{name}'"))
+def _output_tags(outputs: dict[str, str]) -> dict[str, str]:
+    return {f"prefect_ml.output.{k}": v for k, v in outputs.items()}
+
+
+def _published_metrics(component: Component, outputs: dict[str, str], step: str) -> dict[str, float]:
+    """The metrics of a reused step, read back from its published `metrics` outputs."""
+    metrics: dict[str, float] = {}
+    for name, out in component.outputs.items():
+        if out.type == "metrics":
+            metrics.update(read_metrics(outputs[name], where=f"step '{step}', output '{name}'"))
+    return metrics

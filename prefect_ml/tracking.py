@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from typing import Any, Mapping, Optional
 
 from prefect_ml.settings import get_settings
@@ -36,21 +37,31 @@ def client():
         return _clients[uri]
 
 
+_experiments: dict[tuple[str, str], str] = {}
+
+
 def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created if missing (memoised per tracking URI: one query per process)."""
+    memo_key = (tracking_uri(), name)
+    if memo_key in _experiments:
+        return _experiments[memo_key]
     c = client()
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    kwargs = {}
-    if tracking_uri().startswith("sqlite:"):
-        kwargs["artifact_location"] = f"{get_settings().mlflow_artifact_location}/{name}"
-    try:
-        return c.create_experiment(name, **kwargs)
-    except Exception:  # created concurrently by another run
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        kwargs = {}
+        if tracking_uri().startswith("sqlite:"):
+            kwargs["artifact_location"] = f"{get_settings().mlflow_artifact_location}/{name}"
+        try:
+            exp_id = c.create_experiment(name, **kwargs)
+        except Exception:  # created concurrently by another run
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    _experiments[memo_key] = exp_id
+    return exp_id
 
 
 def _param(value: Any) -> str:
@@ -73,7 +84,19 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_ru
     return run.info.run_id
 
 
-def end_run(run_id: str, ok: bool) -> None:
+def end_run(run_id: str, ok: bool, metrics: Optional[Mapping[str, float]] = None,
+            tags: Optional[Mapping[str, Any]] = None) -> None:
+    """Log final metrics and tags in one batch, then end the run (each call is a store transaction)."""
+    if metrics or tags:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        client().log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                     if isinstance(v, (int, float)) and math.isfinite(v)],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()],
+        )
     client().set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
 
@@ -81,16 +104,6 @@ def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     from mlflow.entities import RunTag
 
     client().log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
-
-
-def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
-    from mlflow.entities import Metric
-    import time
-
-    now = int(time.time() * 1000)
-    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-    if values:
-        client().log_batch(run_id, metrics=values)
 
 
 def run_link(run_id: str) -> str:
