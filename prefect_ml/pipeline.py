@@ -322,9 +322,12 @@ def pipeline(
                     if not state.is_completed():
                         failures.append((step, state))
                 if failures:
-                    step, state = failures[0]
+                    # a failed step first: its dependants only show "not ready"
+                    step, state = sorted(failures, key=lambda f: not f[1].is_failed())[0]
                     state.result()  # raises the step's own error
-                    raise RuntimeError(f"step '{step.name}' ended {state.type.value}: {state.message}")
+                    from prefect_ml.errors import StepFailed
+
+                    raise StepFailed(f"step '{step.name}' ended {state.name}: {state.message}")
                 resolved = _resolve(result)
                 ok = True
                 return resolved
@@ -333,9 +336,10 @@ def pipeline(
                     from prefect_ml.reporting import pipeline_summary
 
                     pipeline_summary(run)
-                except Exception:  # noqa: BLE001 - never hide the run's own outcome
-                    if ok:
-                        raise
+                except Exception as exc:  # noqa: BLE001 - a report must never change the run's outcome
+                    from prefect import get_run_logger
+
+                    get_run_logger().warning(f"could not write the pipeline summary artifact: {exc}")
                 _current.reset(token)
                 tracking.end_run(mlflow_run_id, ok)
 
