@@ -28,17 +28,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60] or "x"
 
 
-@task(name="gate", cache_policy=NO_CACHE, persist_result=False)
-def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str) -> bool:
-    logger = get_run_logger()
+def _compare(metrics_uri: str, metric: str, op: str, threshold: float, source: str) -> tuple[float, bool]:
+    """Read one metric of a metrics output and compare it; a missing metric is an error."""
     metrics = read_metrics(metrics_uri, where=f"gate on '{metric}'")
     if metric not in metrics:
         raise GateError(
             f"gate: metric '{metric}' is not in the metrics output of {source} ({metrics_uri}); "
             f"available metrics: {sorted(metrics)}. Fix the metric name or make the step write it."
         )
-    value = metrics[metric]
-    passed = bool(OPERATORS[op](value, threshold))
+    return metrics[metric], bool(OPERATORS[op](metrics[metric], threshold))
+
+
+@task(name="gate", cache_policy=NO_CACHE, persist_result=False)
+def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str) -> bool:
+    logger = get_run_logger()
+    value, passed = _compare(metrics_uri, metric, op, threshold, source)
     decision = "passed" if passed else "failed"
     logger.info(f"gate {metric} {op} {threshold}: {metric}={value:.6g} -> {decision}")
     create_markdown_artifact(
@@ -58,15 +62,12 @@ def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str)
     return passed
 
 
-def _plan_gate(run, metrics, metric: str, op: str, threshold: float) -> bool:
+def _plan_gate(run, metrics, metric: str, op: str, threshold: float, source: str) -> bool:
     if isinstance(metrics, OutputRef) and not metrics.step.result().cached:
         run.notes.append(f"gate {metric} {op} {threshold}: unknown until step '{metrics.step_name}' runs (assumed to pass)")
         return True
-    values = read_metrics(_uri(metrics), where=f"gate on '{metric}'")
-    if metric not in values:
-        raise GateError(f"gate: metric '{metric}' is not in {_uri(metrics)}; available metrics: {sorted(values)}.")
-    passed = bool(OPERATORS[op](values[metric], threshold))
-    run.notes.append(f"gate {metric} {op} {threshold}: {metric}={values[metric]:.6g} -> {'passed' if passed else 'failed'}")
+    value, passed = _compare(_uri(metrics), metric, op, threshold, source)
+    run.notes.append(f"gate {metric} {op} {threshold}: {metric}={value:.6g} -> {'passed' if passed else 'failed'}")
     return passed
 
 
@@ -88,7 +89,7 @@ def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float)
     source = f"step '{metrics.step_name}'" if isinstance(metrics, OutputRef) else repr(metrics)
     run = current_run()
     if run is not None and run.planning:
-        return _plan_gate(run, metrics, metric, op, float(threshold))
+        return _plan_gate(run, metrics, metric, op, float(threshold), source)
     return _gate.with_options(task_run_name=f"gate-{_slug(metric)}")(_uri(metrics), metric, op, float(threshold), source)
 
 

@@ -13,7 +13,7 @@ import threading
 import typing
 from collections import Counter
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,7 +22,7 @@ from prefect.futures import PrefectFuture
 
 from prefect_ml import storage, tracking
 from prefect_ml.component import Component
-from prefect_ml.errors import StepInputError
+from prefect_ml.errors import StepFailed, StepInputError
 from prefect_ml.settings import get_settings
 from prefect_ml.step import UPSTREAM, Opaque, RunSpec, StepResult, run_step
 
@@ -127,8 +127,6 @@ def _raise_root_cause(step: "Step", state) -> None:
             other.future.state.result()  # raises the failing step's error
     if state.is_failed() or state.is_crashed() or state.is_cancelled():
         state.result()
-    from prefect_ml.errors import StepFailed
-
     raise StepFailed(f"step '{step.name}' ended {state.name}: {state.message}")
 
 
@@ -225,6 +223,15 @@ def _plan_step(run: PipelineRun, component: Component, params: dict[str, Any], n
     return step
 
 
+def _run_spec(flow_name: str, options: dict[str, Any], flow_run_id: Optional[str] = None) -> RunSpec:
+    """The run's settings from the decorator's options and the PREFECT_ML_* settings."""
+    settings = get_settings()
+    return RunSpec(
+        flow_name, flow_run_id, storage.normalize(options["artifact_root"] or settings.resolved_artifact_root),
+        options["experiment"] or flow_name, None, options["infrastructure"], options["cache"] and settings.cache,
+    )
+
+
 def plan(pipeline_flow, parameters: Optional[dict[str, Any]] = None) -> PipelineRun:
     """Evaluate a pipeline's body in planning mode: every step's cache key and reuse decision, nothing run.
 
@@ -234,11 +241,7 @@ def plan(pipeline_flow, parameters: Optional[dict[str, Any]] = None) -> Pipeline
     func = getattr(pipeline_flow, "__prefect_ml_pipeline__", None)
     if func is None:
         raise TypeError(f"{pipeline_flow!r} is not a @pipeline")
-    settings = get_settings()
-    meta = pipeline_flow.__prefect_ml_options__
-    spec = RunSpec(pipeline_flow.name, None, storage.normalize(meta["artifact_root"] or settings.resolved_artifact_root),
-                   meta["experiment"] or pipeline_flow.name, None, meta["infrastructure"], meta["cache"] and settings.cache)
-    run = PipelineRun(spec, planning=True)
+    run = PipelineRun(_run_spec(pipeline_flow.name, pipeline_flow.__prefect_ml_options__), planning=True)
     params = dict(parameters or {})
     if params:
         params = pipeline_flow.validate_parameters(params)
@@ -291,6 +294,8 @@ def pipeline(
             return {"model": model.outputs.model}
     """
 
+    options = {"infrastructure": infrastructure, "cache": cache, "experiment": experiment, "artifact_root": artifact_root}
+
     def decorate(func: Callable):
         flow_name = name or func.__name__.replace("_", "-")
 
@@ -298,36 +303,24 @@ def pipeline(
         def body(*args: Any, **kwargs: Any):
             from prefect import runtime
 
-            settings = get_settings()
             flow_run_id = str(runtime.flow_run.id)
-            root = storage.normalize(artifact_root or settings.resolved_artifact_root)
-            storage.ArtifactRoot(root)  # unknown scheme fails here, before any step
-            exp = experiment or flow_name
+            spec = _run_spec(flow_name, options, flow_run_id)
+            storage.ArtifactRoot(spec.artifact_root)  # unknown scheme fails here, before any step
             mlflow_run_id = tracking.start_run(
-                exp, f"{flow_name}-{runtime.flow_run.name}",
-                {"prefect.flow_run_id": flow_run_id, "prefect_ml.pipeline": flow_name, "prefect_ml.artifact_root": root},
+                spec.experiment, f"{flow_name}-{runtime.flow_run.name}",
+                {"prefect.flow_run_id": flow_run_id, "prefect_ml.pipeline": flow_name,
+                 "prefect_ml.artifact_root": spec.artifact_root},
                 params=dict(runtime.flow_run.parameters or {}),
             )
-            run = PipelineRun(RunSpec(flow_name, flow_run_id, root, exp, mlflow_run_id,
-                                      infrastructure, cache and settings.cache))
+            run = PipelineRun(replace(spec, mlflow_run_id=mlflow_run_id))
             token = _current.set(run)
             ok = False
             try:
                 result = func(*args, **kwargs)
-                failures = []
                 for step in list(run.steps):
                     step.wait()
                 for step in list(run.steps):
-                    state = step.future.state
-                    if not state.is_completed():
-                        failures.append((step, state))
-                if failures:
-                    # a failed step first: its dependants only show "not ready"
-                    step, state = sorted(failures, key=lambda f: not f[1].is_failed())[0]
-                    state.result()  # raises the step's own error
-                    from prefect_ml.errors import StepFailed
-
-                    raise StepFailed(f"step '{step.name}' ended {state.name}: {state.message}")
+                    step.result()  # raises the first failed step's own error, not a dependant's "not ready"
                 resolved = _resolve(result)
                 ok = True
                 return resolved
@@ -346,8 +339,7 @@ def pipeline(
         body.__doc__ = _doc_with_field_descriptions(func)
         f = flow(name=flow_name, **flow_kwargs)(body)
         f.__prefect_ml_pipeline__ = func
-        f.__prefect_ml_options__ = {"infrastructure": infrastructure, "cache": cache, "experiment": experiment,
-                                    "artifact_root": artifact_root}
+        f.__prefect_ml_options__ = options
         return f
 
     return decorate(fn) if fn is not None else decorate
