@@ -156,7 +156,7 @@ def test_lineage_records(env, data):
     from prefect import flow, task
     from prefect.client.orchestration import get_client
 
-    from prefect_ml import lineage
+    from prefect_ml.runtime import lineage
 
     reg = AssetRegistry.default()
     reg.register("credit-card", "3", str(data / "credit.csv"))
@@ -179,10 +179,13 @@ def test_lineage_records(env, data):
     def lineage_flow():
         return step_task()
 
-    events = lineage_flow()
-    assert events == ["prefect.asset.referenced", "prefect.asset.materialization.succeeded"]
+    state = lineage_flow(return_state=True)
+    assert state.result() == ["prefect.asset.referenced", "prefect.asset.materialization.succeeded"]
     with get_client(sync_client=True) as client:
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lineage-data-prep"])))
+        # the session's server holds other tests' lineage artifacts too: read this flow run's own
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["lineage-data-prep"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert arts and "credit-card:3" in json.dumps(arts[0].data)

@@ -10,7 +10,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_ml import command, gate, load_component, pipeline
 from prefect_ml.errors import StepFailed
-from prefect_ml.pipeline import plan
+from prefect_ml.dsl.pipeline import plan
 from prefect_ml.samples import credit_default_sample
 from tests.conftest import REPO
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from prefect_ml import command_template as ct
+from prefect_ml.dsl import command_template as ct
 
 
 def test_placeholders_marks_fragments():

@@ -29,7 +29,7 @@ def local(uri: str) -> Path:
 def check_run(state, model_name):
     """Steps completed, outputs published with markers, MLflow child runs, a loadable registered model."""
     import mlflow
-    from prefect_ml import tracking
+    from prefect_ml.runtime import tracking
 
     out = state.result()
     runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
@@ -86,7 +86,7 @@ def test_credit_default_on_demo_data_then_gate_blocks_registration(env):
     state = credit_default(min_auc=0.6, return_state=True)
     out, metrics = check_run(state, "credit_defaults_model")
     assert metrics["auc"] > 0.6
-    from prefect_ml import tracking
+    from prefect_ml.runtime import tracking
 
     # a threshold the model cannot meet: the gate fails and no version is registered (steps are reused)
     state2 = credit_default(min_auc=0.99, return_state=True)

@@ -13,7 +13,7 @@ def plan(
     target: str = typer.Argument(..., help="FILE.py:PIPELINE, e.g. flows/credit_default.py:credit_default"),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
 ) -> None:
-    from prefect_ml.pipeline import plan as make_plan
+    from prefect_ml.dsl.pipeline import plan as make_plan
 
     run = make_plan(load_flow(target), parse_params(param or []))
     typer.echo(f"pipeline {run.spec.pipeline} on {run.spec.artifact_root}")

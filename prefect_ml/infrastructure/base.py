@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from prefect_ml import command_template
+from prefect_ml.dsl import command_template
 
 LAST_LINES = 20
 

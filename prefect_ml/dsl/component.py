@@ -7,13 +7,15 @@ inside a `@pipeline` submits a step; outside a pipeline it runs the step at once
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Optional, Union
 
-import yaml
-
-from prefect_ml import command_template
+from prefect_ml._util import NAME_PATTERN, NAME_RULE, safe_load_yaml, yaml_error_position, yaml_problem
+from prefect_ml.dsl import command_template
+from prefect_ml.dsl import context
+from prefect_ml.dsl.step import OutputRef, Step
 from prefect_ml.errors import ComponentError, StepInputError
 
 INPUT_TYPES = ("uri_file", "uri_folder", "mlflow_model", "string", "integer", "number", "boolean")
@@ -21,7 +23,6 @@ OUTPUT_TYPES = ("uri_file", "uri_folder", "mlflow_model", "metrics")
 DATA_TYPES = ("uri_file", "uri_folder", "mlflow_model")
 CALL_OPTIONS = ("infrastructure", "cache", "retries", "timeout")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 YAML_KEYS = {
     "$schema", "name", "version", "display_name", "description", "type", "tags", "inputs",
     "outputs", "code", "environment", "command", "is_deterministic", "retries", "timeout",
@@ -154,8 +155,6 @@ class Component:
             if spec.is_data:
                 bound[name] = value  # a URI, a path, a step output or a data asset; checked when staged
             else:
-                from prefect_ml.pipeline import OutputRef
-
                 if isinstance(value, OutputRef):
                     raise StepInputError(
                         f"{where}: is of type '{spec.type}' but got the output '{value.name}' of step "
@@ -164,16 +163,14 @@ class Component:
                 bound[name] = coerce(value, spec, where=where)
         return bound
 
-    def __call__(self, **kwargs: Any):
+    def __call__(self, **kwargs: Any) -> Step:
         """Submit this component as a step of the running pipeline and return a `Step` at once.
 
         Outside a pipeline the step runs at once in a standalone Prefect task and the returned
         `Step` is already finished (handy to try a component on its own).
         """
-        from prefect_ml.pipeline import submit_step
-
         options = {k: kwargs.pop(k) for k in CALL_OPTIONS if k in kwargs}
-        return submit_step(self.with_options(**options) if options else self, kwargs)
+        return context.submit(self.with_options(**options) if options else self, kwargs)
 
 
 def _where(component_name: str, source: Optional[Path]) -> str:
@@ -183,8 +180,8 @@ def _where(component_name: str, source: Optional[Path]) -> str:
 def validate(c: Component) -> None:
     """Check everything that can be checked without running: names, types, defaults, placeholders, code dir."""
     where = _where(c.name, c.source)
-    if not c.name or not COMPONENT_NAME.match(c.name):
-        raise ComponentError(f"{where}: name {c.name!r} is invalid; use letters, digits, '_', '-' or '.'.")
+    if not c.name or not NAME_PATTERN.match(c.name):
+        raise ComponentError(f"{where}: name {c.name!r} is invalid; {NAME_RULE}.")
     if not c.command or not c.command.strip():
         raise ComponentError(f"{where}: key 'command' is empty; give the command to run, e.g. 'python train.py'.")
     for kind, specs, allowed in (("inputs", c.inputs, INPUT_TYPES), ("outputs", c.outputs, OUTPUT_TYPES)):
@@ -336,12 +333,12 @@ def load_component(path: Union[str, Path]) -> Component:
     if not path.is_file():
         raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ComponentError(f"{path}:{at}: invalid YAML: {problem}; fix the syntax there.") from None
+        raw = safe_load_yaml(path.read_text())
+    except Exception as exc:  # yaml.YAMLError (yaml is imported lazily)
+        if not type(exc).__module__.startswith("yaml"):
+            raise
+        at = yaml_error_position(exc)
+        raise ComponentError(f"{path}:{at}: invalid YAML: {yaml_problem(exc)}; fix the syntax there.") from exc
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
     name = str(raw.get("name") or "")

@@ -18,9 +18,16 @@ no assets page), linked to the flow and task run that emitted them.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
+from prefect_ml._util import slugify
 from prefect_ml.asset_registry import asset_of
+from prefect_ml.records import is_step_fingerprint
+from prefect_ml.runtime.observers import StepContext, StepObserver
+
+if TYPE_CHECKING:
+    from prefect_ml.records import StepResult
 
 MATERIALIZED_BY = "prefect-ml"
 _ASSET_KEY = re.compile(r"^[a-z0-9]+://[^\s#?&%\"'<>\[\]{}|\\^`]+$")
@@ -29,10 +36,6 @@ _ASSET_KEY = re.compile(r"^[a-z0-9]+://[^\s#?&%\"'<>\[\]{}|\\^`]+$")
 def _asset_label(uri: str) -> str:
     found = asset_of(uri)
     return f"{found[0]}:{found[1]}" if found else ""
-
-
-def _is_step_output(fingerprint: str) -> bool:
-    return fingerprint.startswith("step:")
 
 
 def mlflow_tags(inputs: Mapping[str, str], fingerprints: Mapping[str, str]) -> dict[str, str]:
@@ -76,7 +79,7 @@ def lineage_artifact(step: str, inputs: Mapping[str, str], fingerprints: Mapping
     """A Prefect table artifact on the current task run: one row per data input and output."""
     from prefect.artifacts import create_table_artifact
 
-    slug = re.sub(r"[^a-z0-9-]+", "-", step.lower()).strip("-")[:50] or "step"
+    slug = slugify(step, max_len=50, fallback="step")
     return create_table_artifact(
         key=f"lineage-{slug}",
         table=lineage_rows(inputs, fingerprints, outputs),
@@ -137,3 +140,16 @@ def record_step(step: str, inputs: Mapping[str, str], fingerprints: Mapping[str,
             emit_asset_events(step, inputs, outputs, fingerprints=fingerprints, cache_key=cache_key)
     except Exception as exc:  # noqa: BLE001 - lineage is a record, not part of the result
         logging.getLogger("prefect_ml.lineage").warning(f"could not record lineage of step {step}: {exc}")
+
+
+class LineageObserver(StepObserver):
+    """Records each finished step's lineage (artifact and asset events); never fails the step."""
+
+    def step_finished(self, ctx: StepContext, result: StepResult, metrics: dict[str, float]) -> None:
+        record_step(ctx.step_name, result.inputs, result.fingerprints, result.outputs,
+                    cache_key=result.key, cached=result.cached)
+
+
+def external_inputs(inputs: Mapping[str, str], fingerprints: Mapping[str, str]) -> dict[str, str]:
+    """The data inputs that came from outside the pipeline (not another step's output)."""
+    return {k: uri for k, uri in inputs.items() if not is_step_fingerprint(fingerprints.get(k, ""))}

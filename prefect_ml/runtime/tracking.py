@@ -10,9 +10,14 @@ import json
 import math
 import threading
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional
 
+from prefect_ml.runtime.observers import StepContext, StepObserver
 from prefect_ml.settings import get_settings
+
+if TYPE_CHECKING:
+    from prefect_ml.records import StepResult
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -113,3 +118,38 @@ def run_link(run_id: str) -> str:
         run = client().get_run(run_id)
         return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
     return f"run {run_id} in {uri}"
+
+
+class TrackingObserver(StepObserver):
+    """A nested MLflow run per step: params = inputs, metrics = its `metrics` outputs, tags = ids and outputs.
+
+    The step's command gets `MLFLOW_TRACKING_URI` and `MLFLOW_RUN_ID`, so it can log more to its run.
+    """
+
+    def step_started(self, ctx: StepContext) -> None:
+        d, run = ctx.decision, ctx.run
+        tags = {
+            "prefect.flow_run_id": run.flow_run_id or "",
+            "prefect.task_run_id": ctx.task_run_id,
+            "prefect_ml.step": ctx.step_name,
+            "prefect_ml.component": f"{ctx.component.name}:{ctx.component.version}",
+            "prefect_ml.cache_key": d.key,
+            "prefect_ml.infrastructure": ctx.infrastructure,
+            "prefect_ml.cache": "hit" if d.reuse else "miss",
+        }
+        ctx.mlflow_run_id = start_run(run.experiment, ctx.step_name, tags, run.mlflow_run_id,
+                                      {**d.raw_values, **d.data})
+        ctx.env["MLFLOW_TRACKING_URI"] = tracking_uri()
+        ctx.env["MLFLOW_RUN_ID"] = ctx.mlflow_run_id
+
+    def step_finished(self, ctx: StepContext, result: StepResult, metrics: dict[str, float]) -> None:
+        from prefect_ml.runtime.lineage import mlflow_tags
+
+        if ctx.mlflow_run_id:
+            tags = {**{f"prefect_ml.output.{k}": v for k, v in result.outputs.items()},
+                    **mlflow_tags(result.inputs, result.fingerprints)}
+            end_run(ctx.mlflow_run_id, True, metrics=metrics, tags=tags)
+
+    def step_failed(self, ctx: StepContext, error: BaseException) -> None:
+        if ctx.mlflow_run_id:
+            end_run(ctx.mlflow_run_id, False)

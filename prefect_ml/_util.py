@@ -1,0 +1,66 @@
+"""Small helpers that several layers share: names, slugs, atomic writes, YAML with positions.
+
+Each piece of knowledge lives here once (the name rule and its message, the slug rule, how a
+file is replaced atomically, how a YAML error names its line and column).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+# Component, data asset and similar user-given names: letters, digits, '_', '-', '.', not first.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RULE = "use letters, digits, '_', '-' or '.' (not first)"
+
+_SLUG_CHARS = re.compile(r"[^a-z0-9-]+")
+
+
+def is_name(value: object) -> bool:
+    """True when `value` is a string that follows `NAME_PATTERN`."""
+    return isinstance(value, str) and bool(NAME_PATTERN.match(value))
+
+
+def slugify(text: str, *, max_len: int = 60, fallback: str = "x") -> str:
+    """Lowercase `text` and keep `[a-z0-9-]`: the form Prefect artifact keys accept."""
+    return _SLUG_CHARS.sub("-", text.lower()).strip("-")[:max_len] or fallback
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` so that a reader sees the old content or the new, never a part of it.
+
+    The temporary file sits beside the target (same filesystem, so the rename is atomic).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode())
+
+
+def yaml_error_position(exc: Exception) -> str:
+    """' line L, column C' for a YAML error that has a position (1-based), else ''."""
+    mark = getattr(exc, "problem_mark", None)
+    return f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """The short problem text of a YAML error (not its multi-line repr)."""
+    return str(getattr(exc, "problem", None) or exc)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """`yaml.safe_load` (imported here so that modules that never read YAML do not pay for it)."""
+    import yaml
+
+    return yaml.safe_load(text)
