@@ -8,6 +8,8 @@ versions, so an upgrade that changes one fails a test instead of a pipeline run.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 
@@ -51,3 +53,42 @@ def task_cancel_event() -> Optional[threading.Event]:
         return event if isinstance(event, threading.Event) else None
     except Exception:  # noqa: BLE001 - a missing cancel hook must never fail a step
         return None
+
+
+def skip_heartbeat_join(is_ours: Callable[[Any], bool]) -> bool:
+    """Stop Prefect's flow engine from joining the heartbeat thread at the end of our flows.
+
+    Prefect 3.9's `flow_engine._send_heartbeats` runs a heartbeat thread that sleeps in 1 s steps
+    and, for sync flows, joins it with `timeout=2` when the flow ends: every flow run waits for the
+    next one-second tick (~0.5-1 s of a cached pipeline's wall time). Async flows already pass
+    `join_on_exit=False`; we do the same for flows where `is_ours(engine.flow)` is true.
+    Heartbeats still work: the thread is unchanged and emits on its schedule while the flow runs;
+    after the stop event it returns at its next tick without emitting (it is a daemon thread).
+
+    Returns False (and changes nothing) when Prefect no longer has the function we wrap.
+    Idempotent. Upstream: see docs/benchmarks.md ("flow floor").
+    """
+    import inspect
+
+    try:
+        import prefect.flow_engine as flow_engine
+
+        original = flow_engine._send_heartbeats
+    except (ImportError, AttributeError):
+        return False
+    if getattr(original, "_prefect_ml_wrapped", False):
+        return True
+    if "join_on_exit" not in inspect.signature(original).parameters:
+        return False
+
+    @contextmanager
+    def _send_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
+        if join_on_exit and is_ours(getattr(engine, "flow", None)):
+            join_on_exit = False
+        with original(engine, join_on_exit=join_on_exit):
+            yield
+
+    _send_heartbeats._prefect_ml_wrapped = True  # type: ignore[attr-defined]
+    _send_heartbeats._prefect_ml_original = original  # type: ignore[attr-defined]
+    flow_engine._send_heartbeats = _send_heartbeats
+    return True

@@ -96,6 +96,11 @@ def test_credit_default_on_demo_data_then_gate_blocks_registration(env):
     cached = [r for r in task_runs(state2.state_details.flow_run_id) if r.name in STEPS]
     assert len(cached) == 3 and all(r.state.name == "Cached" for r in cached)
 
+    # an unchanged re-run that passes the gate: the same model is not registered twice
+    again = credit_default(min_auc=0.6, return_state=True).result()["registered"]
+    assert again["version"] == out["registered"]["version"] and again["reused"] is True
+    assert len(tracking.client().search_model_versions("name='credit_defaults_model'")) == 1
+
 
 def test_credit_default_on_the_real_uci_table(env):
     if not SHARED_DATA.is_file():

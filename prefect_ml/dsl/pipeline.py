@@ -22,7 +22,7 @@ from typing import Any, Optional
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from prefect_ml import storage
+from prefect_ml import _compat, storage
 from prefect_ml.dsl import context
 from prefect_ml.dsl.component import Component
 from prefect_ml.dsl.step import OutputRef, Step
@@ -297,6 +297,7 @@ def pipeline(
         body.__doc__ = _doc_with_field_descriptions(func)
         f = flow(name=flow_name, **flow_kwargs)(body)
         _definitions[f.fn] = PipelineDefinition(name=flow_name, func=func, options=options)
+        _compat.skip_heartbeat_join(lambda flow: definition_of(flow) is not None)
         return f
 
     return decorate(fn) if fn is not None else decorate

@@ -14,6 +14,10 @@ from prefect_ml.runtime import tracking
 from prefect_ml.runtime.lineage import external_inputs, model_version_tags
 from prefect_ml.runtime.outputs import read_metrics
 
+# Tag on a model version: the cache key of the step that produced the model. A second
+# registration of the same output re-points the alias instead of adding an identical version.
+SOURCE_KEY_TAG = "prefect_ml.source_cache_key"
+
 
 def lineage_tags(spec: Optional[RunSpec], results: Mapping[str, StepResult]) -> dict[str, str]:
     """Model version tags that say where a model came from: the pipeline run and every external
@@ -43,8 +47,19 @@ def register(*, producer: Optional[StepResult], model_uri: str, output: str, nam
 
     client = tracking.client()
     version_tags = {**tags, "prefect_ml.model_uri": model_uri}
+    if producer is not None:
+        version_tags[SOURCE_KEY_TAG] = producer.key
     run_id = producer.mlflow_run_id if producer else None
     try:
+        existing = _version_of_source(client, name, producer.key) if producer is not None else None
+        if existing is not None:  # the same model (same producing step key): no duplicate version
+            client.set_registered_model_alias(name, alias, existing.version)
+            uri = f"models:/{name}@{alias}"
+            if log:
+                log(f"model {name} version {existing.version} already holds this model (source step key "
+                    f"{producer.key}): pointed @{alias} at it instead of registering a duplicate: {uri}")
+            return {"name": name, "version": int(existing.version), "alias": alias, "uri": uri,
+                    "run_id": existing.run_id, "reused": True}
         if run_id is None:
             run_id = tracking.start_run("prefect-ml-models", f"register-{name}", {"prefect_ml.model_uri": model_uri})
             tracking.end_run(run_id, True)
@@ -66,7 +81,23 @@ def register(*, producer: Optional[StepResult], model_uri: str, output: str, nam
     uri = f"models:/{name}@{alias}"
     if log:
         log(f"registered model {name} version {version.version} as @{alias}: {uri}")
-    return {"name": name, "version": int(version.version), "alias": alias, "uri": uri, "run_id": run_id}
+    return {"name": name, "version": int(version.version), "alias": alias, "uri": uri, "run_id": run_id,
+            "reused": False}
+
+
+def _version_of_source(client: Any, name: str, key: str) -> Any:
+    """The registered version of `name` made from the step output with cache key `key`, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{_quote(name)}' and tags.`{SOURCE_KEY_TAG}` = '{_quote(key)}'")
+    except MlflowException:  # no such model yet
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def registration_artifact(info: Mapping[str, Any]) -> None:
@@ -76,12 +107,14 @@ def registration_artifact(info: Mapping[str, Any]) -> None:
     from prefect_ml._util import slugify
 
     name, version, alias, uri = info["name"], info["version"], info["alias"], info["uri"]
-    link = tracking.run_link(info["run_id"])
+    link = tracking.run_link(info["run_id"]) if info.get("run_id") else ""
+    what = (f"version {version} already held this model (same source step): @{alias} re-pointed, no new version"
+            if info.get("reused") else f"new version {version}")
     create_markdown_artifact(
         key=f"model-{slugify(name)}",
         markdown=(
-            f"### Registered model `{name}`\n\n| name | version | alias | URI | source run |\n|---|---|---|---|---|\n"
-            f"| {name} | {version} | {alias} | `{uri}` | {link} |\n"
+            f"### Registered model `{name}`\n\n{what}\n\n| name | version | alias | URI | source run |\n"
+            f"|---|---|---|---|---|\n| {name} | {version} | {alias} | `{uri}` | {link} |\n"
         ),
-        description=f"registered {name} v{version} @{alias}",
+        description=f"{name} v{version} @{alias}" + (" (existing version)" if info.get("reused") else " (registered)"),
     )
