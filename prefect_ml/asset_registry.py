@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -32,9 +31,10 @@ from pathlib import Path
 from typing import Optional
 
 from prefect_ml import storage
+from prefect_ml._util import NAME_PATTERN
 from prefect_ml.errors import DataAssetError, StorageError
+from prefect_ml.settings import get_settings
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TYPES = ("uri_file", "uri_folder")
 LATEST = "latest"
 
@@ -109,10 +109,8 @@ class AssetRegistry:
 
     @classmethod
     def default(cls) -> "AssetRegistry":
-        from prefect_ml.settings import get_settings
-
-        uri = os.environ.get("PREFECT_ML_ASSET_REGISTRY") or storage.join(get_settings().resolved_artifact_root, "assets")
-        return cls(uri)
+        settings = get_settings()
+        return cls(settings.asset_registry or storage.join(settings.resolved_artifact_root, "assets"))
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -165,7 +163,7 @@ class AssetRegistry:
 
     def get(self, name: str, version: str = LATEST) -> AssetVersion:
         """The record of `name:version` (`latest`: the most recently registered version)."""
-        if not NAME.match(name or ""):
+        if not NAME_PATTERN.match(name or ""):
             raise DataAssetError(f"data asset name {name!r} is invalid; use letters, digits, '_', '-', '.'.")
         version = str(version or LATEST)
         if version != LATEST:
@@ -244,10 +242,10 @@ class AssetRegistry:
         error (versions are immutable). `snapshot=True` first copies the data under the registry
         so the version keeps working even if the original changes.
         """
-        if not NAME.match(name or ""):
+        if not NAME_PATTERN.match(name or ""):
             raise DataAssetError(f"data asset name {name!r} is invalid; use letters, digits, '_', '-', '.'.")
         version = str(version)
-        if not NAME.match(version) or version == LATEST:
+        if not NAME_PATTERN.match(version) or version == LATEST:
             raise DataAssetError(f"version {version!r} is invalid; use letters, digits, '_', '-', '.' (not 'latest').")
         if type is not None and type not in TYPES:
             raise DataAssetError(f"type {type!r} is invalid; use one of {', '.join(TYPES)}.")

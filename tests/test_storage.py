@@ -1,4 +1,5 @@
-"""storage.py on a local (file://) artifact root: layout, atomic publish, fingerprints, zero-copy passing."""
+"""prefect_ml.storage on a local (file://) artifact root: layout, atomic publish, fingerprints, zero-copy
+passing; remote code paths on fsspec's in-memory filesystem; one reset for every cache."""
 
 import json
 import os
@@ -124,6 +125,36 @@ def test_stage_in_local_is_in_place(tmp_path):
     assert storage.transfer_stats().bytes_in == 0
     with pytest.raises(StorageError, match="does not exist"):
         storage.stage_in(str(tmp_path / "nope"), tmp_path / "staging")
+
+
+def test_stage_in_a_remote_step_output_lists_it_once(tmp_path):
+    """A `step:` fingerprint names no bytes: stage-in fingerprints the data itself, then downloads it once."""
+    import uuid
+
+    uri = f"memory://prefect-ml-test-{uuid.uuid4().hex[:8]}/out/data.csv"
+    fs, path = storage.filesystem(uri)
+    fs.pipe_file(path, b"a,b\n1,2\n")
+    storage.reset_transfer_stats()
+    local = storage.stage_in(uri, tmp_path / "staging", fingerprint_hint="step:k1/out")
+    assert local.read_bytes() == b"a,b\n1,2\n" and storage.transfer_stats().bytes_in == 8
+    assert storage.stage_in(uri, tmp_path / "staging", fingerprint_hint="step:k1/out") == local
+    assert storage.transfer_stats().bytes_in == 8  # staged once
+    # a data fingerprint is trusted as given (no listing): another fingerprint is another copy
+    assert storage.stage_in(uri, tmp_path / "staging", fingerprint_hint="sha256:other") != local
+    fs.rm(path)
+
+
+def test_caches_clear_resets_every_cache(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("x")
+    fs = storage.filesystem("memory://bucket/x")[0]
+    assert storage.filesystem("memory://bucket/y")[0] is fs  # one instance per protocol and options
+    storage.fingerprint(str(f))
+    storage.caches.count("in", 5, 1)
+    storage.caches.clear()
+    assert storage.filesystem("memory://bucket/x")[0] is not fs
+    assert storage.transfer_stats() == storage.TransferStats()
+    assert storage.fingerprint(str(f)).startswith("sha256:")
 
 
 def test_one_gib_passes_step_to_step_without_a_copy(env, tmp_path):

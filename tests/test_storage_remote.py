@@ -116,7 +116,7 @@ def _tiny(tmp_path):
 
 
 def _run_credit_default(tmp_path, monkeypatch, root, data_uri, put):
-    from prefect_ml import tracking
+    from prefect_ml.runtime import tracking
     from prefect_ml.samples import credit_default_sample
 
     sample = credit_default_sample(tmp_path / "credit.csv", rows=2000)

@@ -1,0 +1,64 @@
+"""URI syntax: the schemes we know, their aliases, normalising, joining and local paths.
+
+Pure string work: nothing here touches a filesystem, the network or the configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KNOWN_PROTOCOLS = ("file", "local", "s3", "s3a", "abfs", "abfss", "az", "memory")
+ALIASES = {"s3a": "s3", "abfss": "abfs", "az": "abfs", "local": "file"}
+
+
+def protocol_of(uri: str) -> str:
+    """The scheme of `uri`, lower-case (`file` for a plain path)."""
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def canonical_protocol(uri: str) -> str:
+    """`s3a` -> `s3`, `az`/`abfss` -> `abfs`, `local` -> `file`."""
+    p = protocol_of(uri)
+    return ALIASES.get(p, p)
+
+
+def normalize(uri: str) -> str:
+    """A plain path becomes an absolute `file://` URI; other URIs are returned without a trailing '/'."""
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri.rstrip("/") if not uri.endswith(":///") else uri
+
+
+def is_local(uri: str) -> bool:
+    return protocol_of(uri) in ("file", "local")
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a `file://` URI or plain path."""
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve()
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path))
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def container_of(uri: str) -> str:
+    """The bucket (s3) or container (abfs) of a remote URI."""
+    return uri.split("://", 1)[1].split("/", 1)[0].split("@", 1)[0]
+
+
+def is_known_protocol(uri: str) -> bool:
+    """Whether the scheme of `uri` is one we can read and write."""
+    return protocol_of(uri) in KNOWN_PROTOCOLS
+
+
+def carries_credentials(uri: str) -> bool:
+    """Whether a remote URI has a `user:secret@` part (which would put a credential in logs and tags)."""
+    if "://" not in uri or is_local(uri):
+        return False
+    netloc = uri.split("://", 1)[1].split("/", 1)[0]
+    return ":" in netloc.split("@")[0] and "@" in netloc
