@@ -59,8 +59,40 @@ def yaml_problem(exc: Exception) -> str:
     return str(getattr(exc, "problem", None) or exc)
 
 
+# Component, environment and data files are a few KiB; these bounds stop a hostile file (a YAML
+# "billion laughs" of nested aliases, or a huge file) from taking minutes and gigabytes to load.
+MAX_YAML_BYTES = 1024 * 1024
+MAX_YAML_ALIASES = 100
+
+
+class YAMLLimitError(ValueError):
+    """A YAML document is larger, or uses more aliases, than a spec file may."""
+
+
 def safe_load_yaml(text: str) -> Any:
-    """`yaml.safe_load` (imported here so that modules that never read YAML do not pay for it)."""
+    """`yaml.safe_load` within `MAX_YAML_BYTES` and `MAX_YAML_ALIASES` (raises `YAMLLimitError`).
+
+    yaml is imported here so that modules that never read YAML do not pay for it.
+    """
     import yaml
 
-    return yaml.safe_load(text)
+    if len(text.encode()) > MAX_YAML_BYTES:
+        raise YAMLLimitError(f"the file is over {MAX_YAML_BYTES // 1024} KiB, more than a spec file may be")
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise YAMLLimitError(
+                        f"the file uses more than {MAX_YAML_ALIASES} YAML aliases (*name); write the values out"
+                    )
+            return super().compose_node(parent, index)
+
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

@@ -46,6 +46,26 @@ def shell_operators(template: str) -> list[str]:
     return [w for w in words if w in SHELL_OPERATORS]
 
 
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh"}
+SAFE_SHELL_FORM = "bash -c 'echo \"$1\" | wc -c' _ ${{inputs.x}}"
+
+
+def placeholders_in_shell_scripts(template: str) -> list[str]:
+    """Placeholders written inside the script string of `sh -c`/`bash -c` (after substitution the
+    shell would parse the value as code: shell injection). Pass them as arguments instead."""
+    try:
+        words = shlex.split(FRAGMENT.sub(lambda m: m.group(1), template))
+    except ValueError:
+        return []
+    found = []
+    for i, word in enumerate(words[:-1]):
+        program = words[i - 1].rsplit("/", 1)[-1] if i else ""
+        is_c_flag = word.startswith("-") and not word.startswith("--") and "c" in word[1:]
+        if program in SHELLS and is_c_flag:
+            found += [m.group(0) for m in PLACEHOLDER.finditer(words[i + 1])]
+    return found
+
+
 def check_syntax(template: str) -> Optional[str]:
     """Return a description of a syntax problem, or None."""
     if template.count("$[[") != template.count("]]"):

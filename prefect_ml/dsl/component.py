@@ -7,12 +7,20 @@ inside a `@pipeline` submits a step; outside a pipeline it runs the step at once
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from prefect_ml._util import NAME_PATTERN, NAME_RULE, safe_load_yaml, yaml_error_position, yaml_problem
+from prefect_ml._util import (
+    NAME_PATTERN,
+    NAME_RULE,
+    YAMLLimitError,
+    safe_load_yaml,
+    yaml_error_position,
+    yaml_problem,
+)
 from prefect_ml.dsl import command_template
 from prefect_ml.dsl import context
 from prefect_ml.dsl.step import OutputRef, Step
@@ -29,6 +37,10 @@ YAML_KEYS = {
     "infrastructure", "resources", "distribution", "environment_variables",
 }
 IGNORED_AZURE_KEYS = {"resources", "distribution"}
+
+
+class CommandWarning(UserWarning):
+    """A component's command is valid but unsafe (e.g. a value inside a `bash -c` script)."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,7 @@ def validate(c: Component) -> None:
                     coerce(spec.default, spec, where=f"{key} default")
                 except StepInputError as exc:
                     raise ComponentError(f"{exc} Fix the default in the component.") from None
+    _check_options(c, where)
     overlap = set(c.inputs) & set(c.outputs)
     if overlap:
         raise ComponentError(f"{where}: {sorted(overlap)} declared as both input and output; rename one.")
@@ -238,13 +251,38 @@ def validate(c: Component) -> None:
     if ops:
         raise ComponentError(
             f"{where}: key 'command' contains shell operator(s) {ops}; commands run without a shell so values "
-            "stay literal. Put the pipeline into a script in the code dir, or use 'bash -c' explicitly."
+            "stay literal. Put the pipeline into a script in the code dir, or run a shell with the values as "
+            f"arguments, never inside the script: {command_template.SAFE_SHELL_FORM}"
+        )
+    injected = command_template.placeholders_in_shell_scripts(c.command)
+    if injected:
+        warnings.warn(
+            f"{where}: key 'command' puts {', '.join(injected)} inside a shell's -c script: the shell would run "
+            f"a value as code. Pass values as arguments: {command_template.SAFE_SHELL_FORM}",
+            CommandWarning, stacklevel=4,
         )
     if not c.code.is_dir():
         raise ComponentError(
             f"{where}: key 'code': directory {str(c.code)!r} does not exist; create it or fix the path "
             "(relative paths are resolved against the component file)."
         )
+
+
+def _check_options(c: Component, where: str) -> None:
+    """Wrong-typed options are load errors, never silently coerced ('false' is not False)."""
+    if not isinstance(c.cache, bool):
+        raise ComponentError(
+            f"{where}: key 'is_deterministic' (cache) must be true or false, got {c.cache!r}; "
+            "write it without quotes."
+        )
+    if isinstance(c.retries, bool) or not isinstance(c.retries, int) or c.retries < 0:
+        raise ComponentError(f"{where}: key 'retries' must be a whole number >= 0, got {c.retries!r}.")
+    if c.timeout is not None and (isinstance(c.timeout, bool) or not isinstance(c.timeout, (int, float))
+                                  or c.timeout <= 0):
+        raise ComponentError(f"{where}: key 'timeout' must be a number of seconds > 0, got {c.timeout!r}.")
+    for key, value in c.environment_variables.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ComponentError(f"{where}: key 'environment_variables': {key!r} must map to text.")
 
 
 def _input_from(name: str, raw: Any, where: str) -> Input:
@@ -334,6 +372,8 @@ def load_component(path: Union[str, Path]) -> Component:
         raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
     try:
         raw = safe_load_yaml(path.read_text())
+    except YAMLLimitError as exc:
+        raise ComponentError(f"{path}: {exc}.") from None
     except Exception as exc:  # yaml.YAMLError (yaml is imported lazily)
         if not type(exc).__module__.startswith("yaml"):
             raise
@@ -370,8 +410,8 @@ def load_component(path: Union[str, Path]) -> Component:
         environment=str(env).removeprefix("azureml:") if env else None,
         environment_variables={str(k): str(v) for k, v in (raw.get("environment_variables") or {}).items()},
         infrastructure=raw.get("infrastructure"),
-        cache=bool(raw.get("is_deterministic", True)),
-        retries=int(raw.get("retries", 0)),
+        cache=raw.get("is_deterministic", True),
+        retries=raw.get("retries", 0),
         timeout=raw.get("timeout"),
         source=path,
     )

@@ -6,22 +6,65 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from prefect_ml.errors import ComponentError
 
 KEY_VERSION = "1"
 SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"}
 
 
 def code_digest(code_dir: Path) -> str:
-    """sha256 over every file's relative path and bytes in the code dir (bytecode caches skipped)."""
+    """sha256 over every file's relative path and bytes in the code dir (bytecode caches skipped).
+
+    It hashes what the step will read: symlinks inside the code dir are followed (a linked helper
+    package counts), a link that leads out of it is an error (its content is not the component's),
+    and special files (FIFOs, devices, sockets) are refused instead of read, so hashing never blocks.
+    """
+    import stat
+
+    root = Path(code_dir).resolve()
     h = hashlib.sha256()
-    for root, dirs, files in os.walk(code_dir):
+    seen: set[Path] = set()
+
+    def where(p: Path) -> str:
+        return str(p.relative_to(code_dir)) if p.is_relative_to(code_dir) else str(p)
+
+    for dirpath, dirs, files in os.walk(code_dir, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if not real.is_relative_to(root):
+            raise ComponentError(
+                f"code dir {str(code_dir)!r}: {where(here)!r} links to {str(real)!r}, outside the code dir; "
+                "copy it into the code dir (the step's cache key and container see only the code dir)."
+            )
+        if real in seen:  # a link loop or a second link to the same folder: hash it once
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
         for name in sorted(files):
             if name.endswith((".pyc", ".pyo")):
                 continue
-            p = Path(root) / name
-            h.update(str(p.relative_to(code_dir)).encode() + b"\0")
+            p = here / name
+            target = p.resolve()
+            if not target.is_relative_to(root):
+                raise ComponentError(
+                    f"code dir {str(code_dir)!r}: {where(p)!r} links to {str(target)!r}, outside the code dir; "
+                    "copy the file into the code dir instead."
+                )
+            try:
+                mode = os.stat(p).st_mode
+            except FileNotFoundError:  # a dangling link: nothing the step could read
+                h.update(f"{where(p)}\0<dangling>\0".encode())
+                continue
+            if not stat.S_ISREG(mode):
+                raise ComponentError(
+                    f"code dir {str(code_dir)!r}: {where(p)!r} is not a regular file (a FIFO, socket or device); "
+                    "remove it from the code dir."
+                )
+            h.update(where(p).encode() + b"\0")
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
