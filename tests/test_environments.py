@@ -98,14 +98,15 @@ def test_conda_file_pip_rule(envs):
 
 
 def test_content_hash_follows_spec_files_and_base_image(envs):
-    from prefect_ml.environments import content_hash, load_environment
+    from prefect_ml.environments import content_hash, image_hash, image_tag, load_environment
 
     d = make_env(envs, "hashy", "name: hashy\nrequirements: requirements.txt\n", {"requirements.txt": "six\n"})
     env = load_environment("hashy")
     assert content_hash(env) == load_environment("hashy").spec_hash()
-    assert env.image_tag("sha256:aaa") == env.image_tag("sha256:aaa")
-    assert env.image_tag("sha256:aaa") != env.image_tag("sha256:bbb")  # a new base image id -> a new image
-    assert env.image_tag("sha256:aaa").startswith("prefect-ml/hashy:")
+    assert content_hash(env, "sha256:aaa") == image_hash(env, "sha256:aaa") != env.spec_hash()
+    assert image_tag(env, "sha256:aaa") == image_tag(env, "sha256:aaa")
+    assert image_tag(env, "sha256:aaa") != image_tag(env, "sha256:bbb")  # a new base image id -> a new image
+    assert image_tag(env, "sha256:aaa").startswith("prefect-ml/hashy:")
     before = env.spec_hash()
     time.sleep(0.01)
     (d / "requirements.txt").write_text("six==1.17.0\n")
@@ -222,3 +223,47 @@ def test_env_list_and_build_cli(monkeypatch, ml_home):
     assert {"sklearn-cpu", "pytorch-gpu"} <= {row["name"] for row in __import__("json").loads(res.output)}
     res = runner.invoke(app, ["env", "build", "no-such-env"])
     assert res.exit_code == 1 and "unknown environment 'no-such-env'" in res.output
+
+
+def test_base_image_script_ships_inside_the_package():
+    """`prefect-ml env base-image` runs the script from the package (a wheel install has no scripts/);
+    scripts/make-base-image.sh, which setup-test-services.sh calls, runs the same file."""
+    from importlib import resources
+
+    script = resources.files("prefect_ml.environments").joinpath("make-base-image.sh")
+    assert script.is_file() and "docker import" in script.read_text()
+    wrapper = (REPO / "scripts" / "make-base-image.sh").read_text()
+    assert "prefect_ml/environments/make-base-image.sh" in wrapper
+    res = subprocess.run(["bash", "-n", str(REPO / "prefect_ml" / "environments" / "make-base-image.sh")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_build_ca_bundle_setting_that_is_not_a_file_is_named(monkeypatch, tmp_path):
+    from prefect_ml.environments import ca_bundle
+    from prefect_ml.errors import EnvironmentSpecError
+
+    missing = tmp_path / "no-bundle.pem"
+    monkeypatch.setenv("PREFECT_ML_BUILD_CA_BUNDLE", str(missing))
+    with pytest.raises(EnvironmentSpecError, match=r"PREFECT_ML_BUILD_CA_BUNDLE=.*no-bundle.pem.* is not a file; .*'none'"):
+        ca_bundle()
+    with pytest.raises(EnvironmentSpecError, match=r"is not a file; point it at a PEM CA bundle\.$"):
+        ca_bundle(explicit_only=True)  # what step containers mount
+    monkeypatch.setenv("PREFECT_ML_BUILD_CA_BUNDLE", "none")
+    assert ca_bundle() is None and ca_bundle(explicit_only=True) is None
+    monkeypatch.delenv("PREFECT_ML_BUILD_CA_BUNDLE")
+    assert ca_bundle(explicit_only=True) is None  # the host's bundle is for builds only
+
+
+def test_env_build_without_an_engine_is_one_line(monkeypatch, ml_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefect_ml.cli import app
+
+    monkeypatch.delenv("PREFECT_ML_ENVIRONMENTS_DIR", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.chdir(REPO)
+    res = CliRunner().invoke(app, ["env", "build", "sklearn-cpu"])
+    assert res.exit_code == 1, res.output
+    assert "prefect-ml env: cannot reach the Docker engine at unix://" in res.output and "Start the engine" in res.output
+    assert "Traceback" not in res.output

@@ -15,5 +15,7 @@ app = typer.Typer(
 app.add_typer(env.app, name="env", help="Build and inspect environments (images and venvs).")
 app.add_typer(data.app, name="data", help="Register and inspect versioned data assets.")
 app.command("init", help="Create work pools and default infrastructure blocks (idempotent).")(init.init)
-app.command("plan", help="Show each step of a pipeline, its cache key and whether it would be reused.")(plan.plan)
-app.command("run", help="Run a pipeline from a file: prefect-ml run flows/x.py:flow --param k=v.")(run.run)
+app.command("plan", help="Show each step of a pipeline, its cache key and whether it would be reused "
+            "(runs the file as Python to find the pipeline: plan only files you trust).")(plan.plan)
+app.command("run", help="Run a pipeline from a file: prefect-ml run flows/x.py:flow --param k=v "
+            "(the file runs as Python).")(run.run)

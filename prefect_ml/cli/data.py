@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from prefect_ml.cli._errors import fail
 from prefect_ml.errors import PrefectMLError
 
 app = typer.Typer(no_args_is_help=True)
@@ -19,9 +20,7 @@ def _registry():
     return AssetRegistry.default()
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"Error: {exc}", err=True)
-    raise typer.Exit(1)
+_fail = fail
 
 
 def _when(ts: float) -> str:

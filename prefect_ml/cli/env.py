@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -16,23 +15,14 @@ from prefect_ml.errors import PrefectMLError
 app = typer.Typer(no_args_is_help=True)
 
 DEFAULT_BASE_NAME = "prefect-ml/base:bookworm"
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make-base-image.sh"
+# shipped inside the package (package data), so it is there in a wheel install too
+BASE_IMAGE_SCRIPT = ("prefect_ml.environments", "make-base-image.sh")
+WHO = "prefect-ml env"
 
 
 def _fail(exc: Exception) -> None:
     typer.echo(f"Error: {exc}", err=True)
     raise typer.Exit(1)
-
-
-def _docker():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-        return client
-    except Exception as exc:  # noqa: BLE001
-        _fail(PrefectMLError(f"cannot reach the Docker engine ({type(exc).__name__}); start it or set DOCKER_HOST."))
 
 
 @app.command("build")
@@ -44,6 +34,7 @@ def build(
 ) -> None:
     """Build an environment's image `prefect-ml/<name>:<content hash>` (nothing to do when it exists)."""
     from prefect_ml import environments
+    from prefect_ml.infrastructure.docker_client import docker_client
 
     log = (lambda line: None) if quiet else typer.echo
     started = time.monotonic()
@@ -53,9 +44,12 @@ def build(
             path = environments.ensure_venv(env, log=log)
             typer.echo(f"{env.name}: venv {path} ({time.monotonic() - started:.1f} s)")
             return
-        client = _docker()
-        tag = environments.ensure_image(env, client, pull_policy=pull_policy, log=log)
-        image_id = client.images.get(tag).id
+        client = docker_client(who=WHO)  # an engine that does not answer: one line, exit status 1
+        try:
+            tag = environments.ensure_image(env, client, pull_policy=pull_policy, log=log)
+            image_id = client.images.get(tag).id
+        finally:
+            client.close()
     except PrefectMLError as exc:
         _fail(exc)
     typer.echo(f"{env.name}: image {tag} ({image_id[:19]}) ready in {time.monotonic() - started:.1f} s")
@@ -65,32 +59,17 @@ def build(
 def list_environments(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the environments found from the current directory (and PREFECT_ML_ENVIRONMENTS_DIR)."""
     from prefect_ml import environments
+    from prefect_ml.infrastructure.docker_client import docker_client
 
-    rows = []
-    client = None
     try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception:  # noqa: BLE001 - the listing works without an engine, minus the image column
+        client = docker_client(who=WHO)
+    except PrefectMLError:  # the listing works without an engine, minus the image column
         client = None
-    for name, spec in environments.known_environments().items():
-        try:
-            env = environments.load_environment(spec)
-            image = environments.image_for(env, client) if client else None
-            built = None
-            if image and client:
-                try:
-                    client.images.get(image)
-                    built = True
-                except Exception:  # noqa: BLE001
-                    built = False
-            rows.append({"name": name, "version": env.version, "base_image": env.resolved_base_image(),
-                         "gpu": env.gpu, "spec_hash": env.spec_hash()[:16], "image": image, "built": built,
-                         "spec": str(spec)})
-        except PrefectMLError as exc:
-            rows.append({"name": name, "error": str(exc), "spec": str(spec)})
+    try:
+        rows = [_row(environments, name, spec, client) for name, spec in environments.known_environments().items()]
+    finally:
+        if client is not None:
+            client.close()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -106,6 +85,25 @@ def list_environments(as_json: bool = typer.Option(False, "--json", help="Print 
                    f"{r['image'] or '-'}  {state}")
 
 
+def _row(environments, name: str, spec, client) -> dict:
+    """One environment as a listing row (an invalid one as its error)."""
+    try:
+        env = environments.load_environment(spec)
+        image = environments.image_for(env, client) if client else None
+        built = None
+        if image and client:
+            try:
+                client.images.get(image)
+                built = True
+            except Exception:  # noqa: BLE001
+                built = False
+        return {"name": name, "version": env.version, "base_image": env.resolved_base_image(),
+                "gpu": env.gpu, "spec_hash": env.spec_hash()[:16], "image": image, "built": built,
+                "spec": str(spec)}
+    except PrefectMLError as exc:
+        return {"name": name, "error": str(exc), "spec": str(spec)}
+
+
 @app.command("base-image")
 def base_image(
     name: str = typer.Option(DEFAULT_BASE_NAME, "--name", help="Tag of the image to make."),
@@ -115,15 +113,20 @@ def base_image(
 
     Then use it: PREFECT_ML_BASE_IMAGE=<name> and pull policy `never`.
     """
-    if not SCRIPT.is_file():
+    from importlib import resources
+
+    package, filename = BASE_IMAGE_SCRIPT
+    script = resources.files(package).joinpath(filename)
+    if not script.is_file():
         _fail(PrefectMLError(
-            f"{SCRIPT} is not here (prefect-ml installed without its repository); run scripts/make-base-image.sh "
-            "from a checkout of prefect-ml."
+            f"{filename} is missing from the installed {package} package; reinstall prefect-ml, or run "
+            "scripts/make-base-image.sh from a checkout of prefect-ml."
         ))
     env = dict(os.environ)
     if mirror:
         env["DEBIAN_MIRROR"] = mirror
-    proc = subprocess.run(["bash", str(SCRIPT), name], env=env)
+    with resources.as_file(script) as path:
+        proc = subprocess.run(["bash", str(path), name], env=env)
     if proc.returncode != 0:
         raise typer.Exit(proc.returncode)
     typer.echo(f"base image {name} ready; use it with PREFECT_ML_BASE_IMAGE={name}")

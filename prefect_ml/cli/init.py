@@ -47,13 +47,15 @@ def register_block_types(types: list[type]) -> List[Item]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
+    from prefect_ml._compat import block_schema_checksum
+
     items = []
     for block_type in types:
         slug = block_type.get_block_type_slug()
         with get_client(sync_client=True) as client:
             try:
                 client.read_block_type_by_slug(slug)
-                client.read_block_schema_by_checksum(block_type._calculate_schema_checksum())
+                client.read_block_schema_by_checksum(block_schema_checksum(block_type))
                 items.append(Item("block type", slug, "exists"))
                 continue
             except ObjectNotFound:
@@ -118,17 +120,19 @@ def ensure_block(name: str, make: Callable[[], object], types: list[type]) -> It
 
 def _docker_engine() -> tuple[bool, str]:
     """Whether a Docker engine answers here (init only warns: blocks are configuration)."""
-    try:
-        import docker
+    from prefect_ml.errors import InfrastructureError
+    from prefect_ml.infrastructure.docker_client import docker_client
 
-        client = docker.from_env(timeout=5)
-        try:
-            client.ping()
-            return True, f"Docker engine {client.version().get('Version', '?')}"
-        finally:
-            client.close()
+    try:
+        client = docker_client(who="prefect-ml init", timeout=5)
+    except InfrastructureError as exc:
+        return False, str(exc)
+    try:
+        return True, f"Docker engine {client.version().get('Version', '?')}"
     except Exception as exc:  # noqa: BLE001 - any failure means "no engine" for this hint
         return False, f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        client.close()
 
 
 def _docker_block(image: Optional[str], gpus: Optional[str]) -> Callable[[], object]:
@@ -159,7 +163,8 @@ def init(
     gpu_pool: str = typer.Option(GPU_POOL, help="Name of the GPU work pool."),
 ) -> None:
     """Create what the deployments in prefect.yaml need; running it again changes nothing."""
-    from prefect_ml.infrastructure import ProcessStepInfrastructure, block_types
+    from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+    from prefect_ml.infrastructure.resolve import block_types
 
     types = block_types()
     typer.echo(f"prefect-ml init: Prefect API {_api_url()}")

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from prefect_ml.cli._errors import user_errors
 from prefect_ml.cli.run import load_flow, parse_params
 
 
@@ -13,9 +14,16 @@ def plan(
     target: str = typer.Argument(..., help="FILE.py:PIPELINE, e.g. flows/credit_default.py:credit_default"),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
 ) -> None:
+    """Show each step's cache key and whether it would be reused; nothing runs.
+
+    The file is executed as Python to find the pipeline (as `python FILE` would): plan only files
+    you trust.
+    """
     from prefect_ml.dsl.pipeline import plan as make_plan
 
-    run = make_plan(load_flow(target), parse_params(param or []))
+    flow = load_flow(target)
+    with user_errors():
+        run = make_plan(flow, parse_params(param or []))
     typer.echo(f"pipeline {run.spec.pipeline} on {run.spec.artifact_root}")
     width = max([len(s.name) for s in run.steps] + [4])
     typer.echo(f"{'step':<{width}}  {'decision':<8}  {'cache key':<32}  reason")

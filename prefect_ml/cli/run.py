@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from prefect_ml.cli._errors import user_errors
+
 
 def parse_params(params: List[str]) -> dict:
     out = {}
@@ -38,6 +40,8 @@ def run(
     target: str = typer.Argument(..., help="FILE.py:FLOW, e.g. flows/credit_default.py:credit_default"),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
 ) -> None:
+    """Run a pipeline from a file. The file is executed as Python to find the pipeline."""
     flow = load_flow(target)
-    result = flow(**parse_params(param or []))
+    with user_errors():
+        result = flow(**parse_params(param or []))
     typer.echo(json.dumps(result, indent=2, default=str))

@@ -22,6 +22,9 @@ class _Spec(Protocol):
     def outputs(self) -> Mapping[str, Any]: ...
 
 
+WAIT_SLICE_S = 0.25
+
+
 class OutputRef:
     """One output of a submitted step; pass it as another component's data input."""
 
@@ -88,7 +91,7 @@ class Step:
     def result(self) -> StepResult:
         """Wait for the step and return its `StepResult` (raises if it, or a step it needs, failed)."""
         if self._result is None:
-            self.future.wait()
+            self.wait()
             state = self.future.state
             if not state.is_completed():
                 self._raise_root_cause(state)
@@ -96,8 +99,14 @@ class Step:
         return self._result
 
     def wait(self) -> None:
-        if self.future is not None:
-            self.future.wait()
+        """Wait until the step ends, in short slices: an untimed wait would keep the main thread in C
+        code, where Python's signal handlers (Prefect's SIGTERM handling: cancel and crash the run)
+        never run, so a terminated pipeline would ignore the signal."""
+        if self.future is None:
+            return
+        wrapped = getattr(self.future, "wrapped_future", None)
+        while not (wrapped.done() if wrapped is not None else self.future.state.is_final()):
+            self.future.wait(timeout=WAIT_SLICE_S)
 
     def finished_result(self) -> Optional[StepResult]:
         """The `StepResult` if the step completed, None if it failed or never ran (does not raise)."""

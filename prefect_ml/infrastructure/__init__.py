@@ -1,87 +1,34 @@
-"""Infrastructure blocks: where a step runs. Resolve a name with `resolve_infrastructure`."""
+"""Infrastructure: where a step runs, behind one interface, `run(job, log) -> StepOutcome` (base.py).
+
+`process.py` and `docker.py` are Prefect blocks; `container.py` runs a Docker container for the
+Docker block; `docker_client.py` is the one place a Docker client is made; `resolve.py` turns a
+name into a block. Names are imported on first use, so importing one module pulls in no others.
+"""
 
 from __future__ import annotations
 
-from typing import Union
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from prefect_ml.errors import InfrastructureError
-from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
-from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+_EXPORTS = {
+    "StepInfrastructure": "prefect_ml.infrastructure.base",
+    "StepJob": "prefect_ml.infrastructure.base",
+    "StepOutcome": "prefect_ml.infrastructure.base",
+    "ProcessStepInfrastructure": "prefect_ml.infrastructure.process",
+    "DockerStepInfrastructure": "prefect_ml.infrastructure.docker",
+    "resolve_infrastructure": "prefect_ml.infrastructure.resolve",
+}
+__all__ = sorted(_EXPORTS)
 
-BUILTINS = ("process", "docker")
-
-
-def block_types() -> list[type]:
-    types: list[type] = [ProcessStepInfrastructure]
-    try:
-        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
-
-        types.append(DockerStepInfrastructure)
-    except ImportError:  # pragma: no cover - docker support is optional at import time
-        pass
-    return types
-
-
-def saved_names() -> list[str]:
-    """Names of saved infrastructure blocks of every prefect-ml type."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    names: list[str] = []
-    with get_client(sync_client=True) as client:
-        for t in block_types():
-            try:
-                docs = client.read_block_documents_by_type(t.get_block_type_slug(), include_secrets=False)
-            except ObjectNotFound:  # type not registered on this server yet
-                docs = []
-            names += [d.name for d in docs if d.name and not d.is_anonymous]
-    return sorted(set(names))
+if TYPE_CHECKING:
+    from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+    from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+    from prefect_ml.infrastructure.resolve import resolve_infrastructure
 
 
-def _api_available() -> bool:
-    """Inside a flow or task run the Prefect API is up; elsewhere (e.g. `prefect-ml plan`) loading a
-    block could start a temporary server, so only built-ins and explicit API URLs are used."""
-    import os
-
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return bool(FlowRunContext.get() or TaskRunContext.get() or os.environ.get("PREFECT_API_URL"))
-
-
-def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepInfrastructure:
-    """A block instance, a built-in name (`process`, `docker`), or the name of a saved block."""
-    from prefect_ml.settings import get_settings
-
-    if isinstance(value, StepInfrastructure):
-        return value
-    name = value or get_settings().infrastructure
-    # a saved block wins over a built-in of the same name (`prefect-ml init` saves `process`)
-    if name not in BUILTINS or _api_available():
-        for t in block_types():
-            try:
-                return t.load(name)
-            except Exception:  # noqa: BLE001 - not saved under this type
-                continue
-    if name == "process":
-        return ProcessStepInfrastructure()
-    if name == "docker":
-        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
-
-        return DockerStepInfrastructure()
-    try:
-        known = saved_names()
-    except Exception:  # noqa: BLE001 - listing is best effort for the message
-        known = []
-    raise InfrastructureError(
-        f"unknown infrastructure {name!r}; saved infrastructure blocks: {known or 'none'}; built-ins: "
-        f"{list(BUILTINS)}. Save one (e.g. `prefect-ml init`) or fix the name."
-    )
-
-
-__all__ = [
-    "ProcessStepInfrastructure",
-    "StepInfrastructure",
-    "StepJob",
-    "StepOutcome",
-    "resolve_infrastructure",
-]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefect_ml.infrastructure' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

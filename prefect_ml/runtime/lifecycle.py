@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from prefect_ml import storage
 from prefect_ml.errors import PrefectMLError, StepFailed
-from prefect_ml.infrastructure import resolve_infrastructure
+from prefect_ml.infrastructure.resolve import resolve_infrastructure
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob
 from prefect_ml.records import Decision, PublishedStep, RunSpec, StepResult, step_fingerprint
 from prefect_ml.runtime import cache_key, outputs
@@ -93,13 +93,13 @@ def decide(component: Component, inputs: Mapping[str, Any], run: RunSpec, infra:
                                ("PREFECT_ML_CACHE", run.settings.cache)) if not on]
     if off:  # publish under a key of its own, so fresh outputs never lose to older ones
         return decision(f"{key}-{uuid.uuid4().hex[:8]}", parts, None, f"caching is off ({', '.join(off)}); running")
-    published = root.completed(key, list(component.outputs))
+    published, why = root.check(key, list(component.outputs))
     if published:
         reason = f"cache hit: outputs of key {key} are complete at {root.step_uri(key)}"
-    elif root.read_marker(key):
-        reason = f"cache miss: key {key} has a marker but some outputs are missing; running again"
-    else:
+    elif why == "no completion marker":
         reason = f"cache miss: no complete outputs for key {key}; running"
+    else:
+        reason = f"cache miss: key {key} has a marker but {why}; running again"
     return decision(key, parts, published, reason)
 
 

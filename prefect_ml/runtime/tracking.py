@@ -70,8 +70,12 @@ def experiment_id(name: str) -> str:
 
 
 def _param(value: Any) -> str:
+    """A param value as MLflow stores it: text, redacted (a URI parameter may carry a credential
+    that is refused only later, when the step checks it), at most 6000 characters."""
+    from prefect_ml.storage import redact
+
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:6000]
+    return redact(text)[:6000]
 
 
 def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: Optional[str] = None,
@@ -113,11 +117,14 @@ def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
 
 def run_link(run_id: str) -> str:
     """A link to the run in the MLflow UI when the tracking URI is a server, else the run id."""
+    from prefect_ml.storage import redact
+
     uri = tracking_uri()
+    shown = redact(uri)  # a server URL may carry user:password@
     if uri.startswith("http"):
         run = client().get_run(run_id)
-        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return f"run {run_id} in {uri}"
+        return f"{shown.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {shown}"
 
 
 class TrackingObserver(StepObserver):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,12 +31,13 @@ from prefect_ml.errors import StorageError
 from prefect_ml.records import PublishedStep
 from prefect_ml.storage.credentials import redact
 from prefect_ml.storage.filesystems import filesystem
-from prefect_ml.storage.fingerprint import list_files, local_files
+from prefect_ml.storage.fingerprint import fingerprint, list_files, local_files
 from prefect_ml.storage.locations import check_location, exists, storage_error
 from prefect_ml.storage.transfer import upload
 from prefect_ml.storage.uri import is_local, join, local_path, normalize
 
 MARKER = "_COMPLETE.json"
+ATTEMPT_ID = re.compile(r"^[0-9a-f]{12}$")  # what `new_attempt` makes
 
 
 class ArtifactRoot:
@@ -76,14 +78,35 @@ class ArtifactRoot:
         return marker if isinstance(marker, dict) else None
 
     def completed(self, key: str, outputs: list[str]) -> Optional[PublishedStep]:
-        """The published outputs of `key` if its marker exists and every output is there; else None."""
+        """The published outputs of `key` if they can be trusted (see `check`); else None."""
+        return self.check(key, outputs)[0]
+
+    def check(self, key: str, outputs: list[str]) -> tuple[Optional[PublishedStep], str]:
+        """The published outputs of `key`, or None and why they cannot be reused.
+
+        Trusted only when the marker has the expected shape, names exactly `outputs`, every output
+        URI lies inside the marker's own attempt folder, every output exists, and each output's
+        fingerprint still equals the one recorded at publish time (an edited metrics file or model
+        is a miss, not a hit). Anything else is a miss: the step runs again.
+        """
         marker = self.read_marker(key)
-        if not marker or set(marker.get("outputs", {})) != set(outputs):
-            return None
-        for uri in marker["outputs"].values():
+        if marker is None:
+            return None, "no completion marker"
+        attempt, uris, integrity = marker.get("attempt"), marker.get("outputs"), marker.get("integrity")
+        if (not isinstance(attempt, str) or not ATTEMPT_ID.match(attempt) or not isinstance(uris, dict)
+                or not isinstance(integrity, dict) or not all(isinstance(u, str) for u in uris.values())):
+            return None, "the completion marker has the wrong shape (written by another version, or edited)"
+        if set(uris) != set(outputs):
+            return None, f"the marker names outputs {sorted(uris)}, the component declares {sorted(outputs)}"
+        inside = join(self.step_uri(key), attempt) + "/"
+        for name, uri in uris.items():
+            if not normalize(uri).startswith(inside):
+                return None, f"the marker points output '{name}' outside its attempt folder ({redact(uri)})"
             if not exists(uri):
-                return None
-        return PublishedStep(key=key, attempt=marker["attempt"], outputs=dict(marker["outputs"]))
+                return None, f"output '{name}' is missing"
+            if integrity.get(name) != fingerprint(uri):
+                return None, f"output '{name}' changed after it was published (fingerprint differs)"
+        return PublishedStep(key=key, attempt=attempt, outputs=dict(uris)), ""
 
     def new_attempt(self, staging_home: Path) -> tuple[str, Path]:
         """An attempt id and a private local dir to write outputs into.
@@ -116,7 +139,9 @@ class ArtifactRoot:
             self._upload(staging, target, outputs)
             shutil.rmtree(staging, ignore_errors=True)
         uris = {name: join(target, rel) for name, rel in outputs.items()}
-        marker = {"key": key, "attempt": attempt, "outputs": uris, **meta}
+        # what each output was when published: a reuse checks it again (see `check`)
+        integrity = {name: fingerprint(uri) for name, uri in uris.items()}
+        marker = {"key": key, "attempt": attempt, "outputs": uris, "integrity": integrity, **meta}
         self._write_marker(key, marker)
         return PublishedStep(key=key, attempt=attempt, outputs=uris)
 
@@ -140,7 +165,13 @@ class ArtifactRoot:
     def _write_marker(self, key: str, marker: dict) -> None:
         data = json.dumps(marker, indent=2, sort_keys=True, default=str)
         if self.local:
-            atomic_write_text(local_path(self.marker_uri(key)), data)
+            try:
+                atomic_write_text(local_path(self.marker_uri(key)), data)
+            except OSError as exc:  # e.g. disk full: the outputs are there, but nothing trusts them
+                raise StorageError(
+                    f"could not write the completion marker {self.marker_uri(key)!r} ({exc.strerror or exc}); "
+                    "the step's outputs are not published. Free space or fix permissions, then run again."
+                ) from exc
         else:
             uri = self.marker_uri(key)
             fs, path = filesystem(uri)

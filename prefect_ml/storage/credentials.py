@@ -38,6 +38,9 @@ SECRET_PATTERNS = (
     re.compile(r"(AccountKey=)[^;\s]+", re.I),
     re.compile(r"(SharedAccessSignature=)[^;\s]+", re.I),
     re.compile(r"([?&]sig=)[^&\s]+", re.I),
+    re.compile(r"((?:%3F|%26)sig%3D)[^&\s%]+", re.I),  # a SAS signature inside a URL-encoded URL
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+(?=@)", re.I),  # scheme://user:PASSWORD@host
+    re.compile(r"(\bs3a?://)[^/@\s]+(?=@)", re.I),  # s3://TOKEN@bucket
 )
 CREDENTIAL_HINT = {
     "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile/role) and AWS_ENDPOINT_URL, or the 's3' entry of "

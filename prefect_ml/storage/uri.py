@@ -57,8 +57,13 @@ def is_known_protocol(uri: str) -> bool:
 
 
 def carries_credentials(uri: str) -> bool:
-    """Whether a remote URI has a `user:secret@` part (which would put a credential in logs and tags)."""
+    """Whether a remote URI has a userinfo part (`user:secret@`, or `TOKEN@` on S3), which would put
+    a credential in logs and tags. Azure's `abfs://container@account.dfs.core.windows.net` is no
+    credential (the part before '@' is the container)."""
     if "://" not in uri or is_local(uri):
         return False
     netloc = uri.split("://", 1)[1].split("/", 1)[0]
-    return ":" in netloc.split("@")[0] and "@" in netloc
+    if "@" not in netloc:
+        return False
+    userinfo = netloc.rsplit("@", 1)[0]
+    return ":" in userinfo or canonical_protocol(uri) != "abfs"

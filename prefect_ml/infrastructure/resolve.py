@@ -1,0 +1,83 @@
+"""Resolve where a step runs: a block instance, a built-in name (`process`, `docker`) or a saved block."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from prefect_ml.errors import InfrastructureError
+from prefect_ml.infrastructure.base import StepInfrastructure
+from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+
+BUILTINS = ("process", "docker")
+
+
+def block_types() -> list[type]:
+    types: list[type] = [ProcessStepInfrastructure]
+    try:
+        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+        types.append(DockerStepInfrastructure)
+    except ImportError:  # pragma: no cover - docker support is optional at import time
+        pass
+    return types
+
+
+def saved_names() -> list[str]:
+    """Names of saved infrastructure blocks of every prefect-ml type."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    names: list[str] = []
+    with get_client(sync_client=True) as client:
+        for t in block_types():
+            try:
+                docs = client.read_block_documents_by_type(t.get_block_type_slug(), include_secrets=False)
+            except ObjectNotFound:  # type not registered on this server yet
+                docs = []
+            except Exception as exc:  # noqa: BLE001 - an older server answers 404 for an unknown type
+                if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+                    raise
+                docs = []
+            names += [d.name for d in docs if d.name and not d.is_anonymous]
+    return sorted(set(names))
+
+
+def _api_available() -> bool:
+    """Inside a flow or task run the Prefect API is up; elsewhere (e.g. `prefect-ml plan`) loading a
+    block could start a temporary server, so only built-ins and explicit API URLs are used."""
+    import os
+
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return bool(FlowRunContext.get() or TaskRunContext.get() or os.environ.get("PREFECT_API_URL"))
+
+
+def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepInfrastructure:
+    """A block instance, a built-in name (`process`, `docker`), or the name of a saved block."""
+    from prefect_ml.settings import get_settings
+
+    if isinstance(value, StepInfrastructure):
+        return value
+    name = value or get_settings().infrastructure
+    # a saved block wins over a built-in of the same name (`prefect-ml init` saves `process`)
+    if name not in BUILTINS or _api_available():
+        for t in block_types():
+            try:
+                return t.load(name)
+            except Exception:  # noqa: BLE001 - not saved under this type
+                continue
+    if name == "process":
+        return ProcessStepInfrastructure()
+    if name == "docker":
+        from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+        return DockerStepInfrastructure()
+    try:
+        known = saved_names()
+    except Exception:  # noqa: BLE001 - listing is best effort for the message
+        known = []
+    raise InfrastructureError(
+        f"unknown infrastructure {name!r}; saved infrastructure blocks: {known or 'none'}; built-ins: "
+        f"{list(BUILTINS)}. Save one (e.g. `prefect-ml init`) or fix the name."
+    )
+
