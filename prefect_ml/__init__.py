@@ -36,7 +36,21 @@ _EXPORTS = {
     "DockerStepInfrastructure": "prefect_ml.infrastructure.docker",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Component",
+    "DockerStepInfrastructure",
+    "Input",
+    "Output",
+    "OutputRef",
+    "ProcessStepInfrastructure",
+    "Step",
+    "command",
+    "data_asset",
+    "gate",
+    "load_component",
+    "pipeline",
+    "register_model",
+]
 
 if TYPE_CHECKING:
     from prefect_ml.assets import data_asset

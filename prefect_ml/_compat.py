@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 
 def strip_protocol(fs: Any, uri: str) -> str:
@@ -22,7 +22,7 @@ def strip_protocol(fs: Any, uri: str) -> str:
     return str(fs._strip_protocol(uri))
 
 
-def block_document_name(block: Any) -> Optional[str]:
+def block_document_name(block: Any) -> str | None:
     """The name a block was saved or loaded under (None for an unsaved block).
 
     Prefect keeps it in a private attribute; there is no public accessor in Prefect 3.
@@ -36,7 +36,7 @@ def block_schema_checksum(block_type: Any) -> str:
     return str(block_type._calculate_schema_checksum())
 
 
-def task_cancel_event() -> Optional[threading.Event]:
+def task_cancel_event() -> threading.Event | None:
     """The event Prefect's thread-pool task runner sets when the flow run is cancelled (or terminated).
 
     Prefect sets it from `cancel_all()` and then waits for the task's thread; without watching it a
@@ -51,7 +51,7 @@ def task_cancel_event() -> Optional[threading.Event]:
         events = getattr(flow_ctx.task_runner, "_cancel_events", None) or {}
         event = events.get(task_ctx.task_run.id)
         return event if isinstance(event, threading.Event) else None
-    except Exception:  # noqa: BLE001 - a missing cancel hook must never fail a step
+    except Exception:
         return None
 
 

@@ -19,6 +19,7 @@ too few for a folder's per-file fingerprints); and snapshots sit next to their r
 
 from __future__ import annotations
 
+import builtins  # the registry has a method named `list`: annotations below it use builtins.list
 import json
 import os
 import shutil
@@ -28,7 +29,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from prefect_ml import storage
 from prefect_ml._util import NAME_PATTERN
@@ -43,7 +43,7 @@ _resolved: dict[str, tuple[str, str]] = {}
 _resolved_lock = threading.Lock()
 
 
-def asset_of(uri: str) -> Optional[tuple[str, str]]:
+def asset_of(uri: str) -> tuple[str, str] | None:
     """The (name, version) of the data asset that `uri` was resolved from in this process, if any."""
     with _resolved_lock:
         return _resolved.get(storage.normalize(uri))
@@ -61,7 +61,7 @@ class AssetVersion:
     files: list[dict] = field(default_factory=list)  # [{"path", "size", "checksum"[, "mtime_ns"]}]
     size: int = 0
     created_at: float = 0.0
-    source_uri: Optional[str] = None  # the original location, when `uri` is a snapshot
+    source_uri: str | None = None  # the original location, when `uri` is a snapshot
     source_files: list[dict] = field(default_factory=list)  # its files at registration (snapshots)
 
     @property
@@ -108,7 +108,7 @@ class AssetRegistry:
         self.uri = storage.normalize(uri)
 
     @classmethod
-    def default(cls) -> "AssetRegistry":
+    def default(cls) -> AssetRegistry:
         settings = get_settings()
         return cls(settings.asset_registry or storage.join(settings.resolved_artifact_root, "assets"))
 
@@ -117,7 +117,7 @@ class AssetRegistry:
     def _record_uri(self, name: str, version: str) -> str:
         return storage.join(self.uri, name, f"{version}.json")
 
-    def _read(self, name: str, version: str) -> Optional[AssetVersion]:
+    def _read(self, name: str, version: str) -> AssetVersion | None:
         uri = self._record_uri(name, version)
         fs, path = storage.filesystem(uri)
         try:
@@ -188,7 +188,7 @@ class AssetRegistry:
 
     # --- verifying and resolving -----------------------------------------------------------------
 
-    def changes(self, rec: AssetVersion) -> list[str]:
+    def changes(self, rec: AssetVersion) -> builtins.list[str]:
         """How the data behind `rec` differs from what was registered (empty: unchanged)."""
         try:
             current = storage.list_files(rec.uri)
@@ -234,7 +234,7 @@ class AssetRegistry:
 
     # --- registering ---------------------------------------------------------------------------
 
-    def register(self, name: str, version: str, path: str, *, type: Optional[str] = None, description: str = "",
+    def register(self, name: str, version: str, path: str, *, type: str | None = None, description: str = "",
                  snapshot: bool = False) -> AssetVersion:
         """Register `path` (a local path or URI) as version `version` of `name`; returns the record.
 
@@ -328,7 +328,8 @@ class AssetRegistry:
             try:
                 os.link(tmp, final)  # atomic create-if-absent: a concurrent registration loses cleanly
             except FileExistsError:
-                raise DataAssetError(f"data asset '{name}' version {version} was just registered by someone else.") from None
+                raise DataAssetError(f"data asset '{name}' version {version} was just registered by someone "
+                    "else.") from None
             finally:
                 tmp.unlink(missing_ok=True)
             return

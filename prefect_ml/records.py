@@ -7,7 +7,7 @@ use them without importing the code that makes them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from prefect_ml.settings import PrefectMLSettings, get_settings
 
@@ -27,7 +27,7 @@ def is_step_fingerprint(fingerprint: str) -> bool:
     return fingerprint.startswith(STEP_FINGERPRINT_PREFIX)
 
 
-def parse_step_fingerprint(fingerprint: str) -> Optional[tuple[str, str]]:
+def parse_step_fingerprint(fingerprint: str) -> tuple[str, str] | None:
     """`(key, output)` of a step-output fingerprint, or None for any other fingerprint."""
     if not is_step_fingerprint(fingerprint):
         return None
@@ -40,11 +40,11 @@ class RunSpec:
     """What a step needs to know about the pipeline run it belongs to (resolved once per run)."""
 
     pipeline: str
-    flow_run_id: Optional[str]
+    flow_run_id: str | None
     artifact_root: str
     experiment: str
-    mlflow_run_id: Optional[str] = None
-    infrastructure: Optional[str] = None
+    mlflow_run_id: str | None = None
+    infrastructure: str | None = None
     cache: bool = True
     settings: PrefectMLSettings = field(default_factory=get_settings)
 
@@ -66,7 +66,7 @@ class StepResult:
     key: str
     outputs: dict[str, str]
     cached: bool
-    mlflow_run_id: Optional[str]
+    mlflow_run_id: str | None
     inputs: dict[str, str] = field(default_factory=dict)  # data input name -> URI
     fingerprints: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
@@ -79,11 +79,11 @@ class Decision:
 
     key: str
     parts: dict[str, Any]
-    values: dict[str, Optional[str]]  # primitive inputs as command-line text (None: unset)
+    values: dict[str, str | None]  # primitive inputs as command-line text (None: unset)
     raw_values: dict[str, Any]  # primitive inputs as typed values
     data: dict[str, str]  # data input name -> URI
     fingerprints: dict[str, str]  # data input name -> fingerprint
-    published: Optional[PublishedStep]
+    published: PublishedStep | None
     reason: str
 
     @property

@@ -29,7 +29,8 @@ def credit_default_sample(path: Path, rows: int = 4000, seed: int = 7) -> Path:
     limit = rng.choice(np.arange(10_000, 800_001, 10_000), rows)
     risk = rng.normal(0, 1, rows)
     pay = np.clip(np.round(risk[:, None] * 1.3 + rng.normal(0, 0.9, (rows, 6)) - 0.4), -2, 8).astype(int)
-    bill = np.maximum(0, (limit[:, None] * rng.uniform(0.05, 0.9, (rows, 1)) * rng.uniform(0.8, 1.1, (rows, 6)))).astype(int)
+    bill = limit[:, None] * rng.uniform(0.05, 0.9, (rows, 1))  # same draws and order as before: same data
+    bill = np.maximum(0, bill * rng.uniform(0.8, 1.1, (rows, 6))).astype(int)
     paid = (bill * np.clip(rng.normal(0.12, 0.1, (rows, 6)) - 0.04 * risk[:, None], 0, 1)).astype(int)
     age = rng.integers(21, 76, rows)
     logit = -1.7 + 1.3 * risk - 0.6 * (limit / 500_000) + 0.25 * (pay[:, 0] > 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +17,7 @@ class PrefectMLSettings(BaseSettings):
         default=Path("~/.prefect-ml"),
         description="Holds the default artifact root, the MLflow store, venvs and staging dirs.",
     )
-    artifact_root: Optional[str] = Field(
+    artifact_root: str | None = Field(
         default=None,
         description="fsspec URI under which step outputs are written (file://, s3://, abfs://). "
         "Default: file://<home>/artifacts.",
@@ -31,27 +30,27 @@ class PrefectMLSettings(BaseSettings):
     base_image: str = Field(
         default="python:3.11-slim", description="Base image for environments that name none."
     )
-    build_ca_bundle: Optional[str] = Field(
+    build_ca_bundle: str | None = Field(
         default=None,
         description="CA bundle for image builds (TLS-inspecting proxies); default: the host's "
         "/etc/ssl/certs/ca-certificates.crt when present; `none` turns it off. When set, also mounted into containers.",
     )
-    environments_dir: Optional[str] = Field(
+    environments_dir: str | None = Field(
         default=None,
         description="Directories holding environments/<name>/environment.yaml, separated by os.pathsep; "
         "searched before walking up from a component's code dir.",
     )
-    storage_options: Optional[str] = Field(
+    storage_options: str | None = Field(
         default=None,
         description="JSON object of fsspec storage options per protocol, e.g. "
         '{"s3": {"endpoint_url": "http://127.0.0.1:9000"}}. Prefer the standard credential chains for secrets.',
     )
 
-    storage_options_block: Optional[str] = Field(
+    storage_options_block: str | None = Field(
         default=None,
         description="Name of a saved Secret or JSON block holding storage options keyed by protocol (for secrets).",
     )
-    asset_registry: Optional[str] = Field(
+    asset_registry: str | None = Field(
         default=None, description="URI of the data asset registry. Default: <artifact root>/assets."
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Optional
 
 import typer
 
@@ -24,10 +23,11 @@ _fail = fail
 
 
 def _when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _size(n: int) -> str:
+def _size(size: int) -> str:
+    n = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -40,9 +40,10 @@ def register(
     name: str = typer.Argument(..., help="Data asset name (letters, digits, '_', '-', '.')."),
     version: str = typer.Option(..., "--version", "-v", help="Version to create (immutable once registered)."),
     path: str = typer.Option(..., "--path", "-p", help="Local path or URI (file://, s3://, abfs://, az://)."),
-    type: Optional[str] = typer.Option(None, "--type", "-t", help="uri_file or uri_folder (default: detected)."),
+    type: str | None = typer.Option(None, "--type", "-t", help="uri_file or uri_folder (default: detected)."),
     description: str = typer.Option("", "--description", "-d", help="What the data is."),
-    snapshot: bool = typer.Option(False, "--snapshot", help="Copy the data under the artifact root so the version can never change."),
+    snapshot: bool = typer.Option(False, "--snapshot", help="Copy the data under the artifact root so the version "
+        "can never change."),
 ) -> None:
     """Register data at a path or URI as a new, immutable version of a data asset."""
     try:
@@ -75,13 +76,14 @@ def list_assets(
     rows += [(v.name, v.version, v.type, _size(v.size), _when(v.created_at), v.uri) for v in versions]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
 
 
 @app.command("show")
 def show(
     ref: str = typer.Argument(..., help="NAME or NAME:VERSION (default version: latest)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check that the data is unchanged since registration."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check that the data is unchanged since "
+        "registration."),
 ) -> None:
     """Show one version of a data asset: URI, type, files with their fingerprints, and whether it changed."""
     from prefect_ml.assets import is_asset_ref, parse_ref

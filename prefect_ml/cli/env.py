@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import time
-from typing import Optional
 
 import typer
 
@@ -28,8 +27,10 @@ def _fail(exc: Exception) -> None:
 @app.command("build")
 def build(
     name: str = typer.Argument(..., help="Environment name (environments/<name>/environment.yaml)."),
-    venv: bool = typer.Option(False, "--venv", help="Build the local venv (process infrastructure) instead of the image."),
-    pull_policy: str = typer.Option("if_not_present", "--pull-policy", help="Base image: if_not_present, always or never."),
+    venv: bool = typer.Option(False, "--venv", help="Build the local venv (process infrastructure) instead of the "
+        "image."),
+    pull_policy: str = typer.Option("if_not_present", "--pull-policy", help="Base image: if_not_present, always or "
+        "never."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print build output."),
 ) -> None:
     """Build an environment's image `prefect-ml/<name>:<content hash>` (nothing to do when it exists)."""
@@ -95,7 +96,7 @@ def _row(environments, name: str, spec, client) -> dict:
             try:
                 client.images.get(image)
                 built = True
-            except Exception:  # noqa: BLE001
+            except Exception:
                 built = False
         return {"name": name, "version": env.version, "base_image": env.resolved_base_image(),
                 "gpu": env.gpu, "spec_hash": env.spec_hash()[:16], "image": image, "built": built,
@@ -107,7 +108,7 @@ def _row(environments, name: str, spec, client) -> dict:
 @app.command("base-image")
 def base_image(
     name: str = typer.Option(DEFAULT_BASE_NAME, "--name", help="Tag of the image to make."),
-    mirror: Optional[str] = typer.Option(None, "--mirror", help="Debian mirror (default http://deb.debian.org/debian)."),
+    mirror: str | None = typer.Option(None, "--mirror", help="Debian mirror (default http://deb.debian.org/debian)."),
 ) -> None:
     """Make a local Debian bookworm base image (python3, venv, pip) without a registry: debootstrap + docker import.
 
@@ -126,7 +127,7 @@ def base_image(
     if mirror:
         env["DEBIAN_MIRROR"] = mirror
     with resources.as_file(script) as path:
-        proc = subprocess.run(["bash", str(path), name], env=env)
+        proc = subprocess.run(["bash", str(path), name], env=env, check=False)
     if proc.returncode != 0:
         raise typer.Exit(proc.returncode)
     typer.echo(f"base image {name} ready; use it with PREFECT_ML_BASE_IMAGE={name}")

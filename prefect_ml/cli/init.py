@@ -12,10 +12,14 @@ Nothing that exists is changed, so running it again reports "unchanged" for ever
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from prefect.blocks.core import Block
 
 CPU_POOL = "ml-cpu"
 GPU_POOL = "ml-gpu"
@@ -42,7 +46,7 @@ def _api_url() -> str:
     return PREFECT_API_URL.value() or "(ephemeral: no PREFECT_API_URL set)"
 
 
-def register_block_types(types: list[type]) -> List[Item]:
+def register_block_types(types: list[type[Block]]) -> list[Item]:
     """Register prefect-ml's block types and their current schemas, unless the API has them."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -88,7 +92,7 @@ def ensure_work_pool(name: str, description: str) -> Item:
     return Item("work pool", name, "created", f"type {POOL_TYPE}")
 
 
-def _find_block(name: str, types: list[type]) -> Optional[type]:
+def _find_block(name: str, types: list[type[Block]]) -> type[Block] | None:
     """The prefect-ml block type that has a saved block called `name`, if any."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -103,7 +107,7 @@ def _find_block(name: str, types: list[type]) -> Optional[type]:
     return None
 
 
-def ensure_block(name: str, make: Callable[[], object], types: list[type]) -> Item:
+def ensure_block(name: str, make: Callable[[], Block], types: list[type[Block]]) -> Item:
     """Save `make()` as block `name` unless a prefect-ml infrastructure block has that name."""
     existing = _find_block(name, types)
     if existing is not None:
@@ -129,17 +133,17 @@ def _docker_engine() -> tuple[bool, str]:
         return False, str(exc)
     try:
         return True, f"Docker engine {client.version().get('Version', '?')}"
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine" for this hint
+    except Exception as exc:
         return False, f"{type(exc).__name__}: {str(exc)[:200]}"
     finally:
         client.close()
 
 
-def _docker_block(image: Optional[str], gpus: Optional[str]) -> Callable[[], object]:
+def _docker_block(image: str | None, gpus: str | None) -> Callable[[], Block]:
     def make():
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
-        fields = {"network_mode": "host"}
+        fields: dict[str, Any] = {"network_mode": "host"}
         if gpus:
             fields["gpus"] = gpus
         if image:
@@ -151,7 +155,7 @@ def _docker_block(image: Optional[str], gpus: Optional[str]) -> Callable[[], obj
 
 
 def init(
-    image: Optional[str] = typer.Option(
+    image: str | None = typer.Option(
         None, "--image", "--base-image",
         help="Image for the `cpu` and `gpu` Docker blocks' steps (default: each component's environment image).",
     ),
@@ -168,11 +172,12 @@ def init(
 
     types = block_types()
     typer.echo(f"prefect-ml init: Prefect API {_api_url()}")
-    items: List[Item] = []
+    items: list[Item] = []
     try:
         items += register_block_types(types)
         items.append(ensure_work_pool(cpu_pool, "prefect-ml CPU workers (process workers on machines with Docker)."))
-        items.append(ensure_work_pool(gpu_pool, "prefect-ml GPU workers (process workers on machines with Docker and GPUs)."))
+        items.append(ensure_work_pool(gpu_pool, "prefect-ml GPU workers (process workers on machines with Docker "
+            "and GPUs)."))
         items.append(ensure_block("process", ProcessStepInfrastructure, types))
         if docker:
             if not any(t.__name__ == "DockerStepInfrastructure" for t in types):
@@ -184,13 +189,13 @@ def init(
             items.append(ensure_block("gpu", _docker_block(image, "all"), types))
         else:
             items += [Item("infrastructure block", n, "skipped", "--no-docker") for n in ("cpu", "gpu")]
-    except Exception as exc:  # noqa: BLE001 - one readable line instead of a traceback
+    except Exception as exc:
         for item in items:
             typer.echo(item.line())
         typer.echo(f"prefect-ml init: error: {type(exc).__name__}: {exc}", err=True)
         if not isinstance(exc, RuntimeError):
             typer.echo("Check that the Prefect API answers (`prefect config view`, PREFECT_API_URL).", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
 
     for item in items:
         typer.echo(item.line())
@@ -202,7 +207,8 @@ def init(
     if docker:
         ok, why = _docker_engine()
         if not ok:
-            typer.echo(f"note: no Docker engine answers here ({why}); steps on `cpu`/`gpu` need one on the worker's machine.")
+            typer.echo(f"note: no Docker engine answers here ({why}); steps on `cpu`/`gpu` need one on the worker's "
+                "machine.")
     typer.echo("\nNext:")
     for command, why in (
         ("prefect --no-prompt deploy --all", "from the repo root: the deployments in prefect.yaml"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from prefect_ml.cli._errors import user_errors
@@ -12,7 +10,8 @@ from prefect_ml.cli.run import load_flow, parse_params
 
 def plan(
     target: str = typer.Argument(..., help="FILE.py:PIPELINE, e.g. flows/credit_default.py:credit_default"),
-    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can "
+        "be)"),
 ) -> None:
     """Show each step's cache key and whether it would be reused; nothing runs.
 

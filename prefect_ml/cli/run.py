@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import runpy
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from prefect_ml.cli._errors import user_errors
 
 
-def parse_params(params: List[str]) -> dict:
+def parse_params(params: list[str]) -> dict:
     out = {}
     for item in params:
         key, sep, raw = item.partition("=")
@@ -38,7 +37,8 @@ def load_flow(target: str):
 
 def run(
     target: str = typer.Argument(..., help="FILE.py:FLOW, e.g. flows/credit_default.py:credit_default"),
-    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can be)"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="NAME=VALUE (VALUE parsed as JSON if it can "
+        "be)"),
 ) -> None:
     """Run a pipeline from a file. The file is executed as Python to find the pipeline."""
     flow = load_flow(target)

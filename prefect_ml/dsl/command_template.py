@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([^\s}]*)\s*\}\}")
 FRAGMENT = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
@@ -66,7 +66,7 @@ def placeholders_in_shell_scripts(template: str) -> list[str]:
     return found
 
 
-def check_syntax(template: str) -> Optional[str]:
+def check_syntax(template: str) -> str | None:
     """Return a description of a syntax problem, or None."""
     if template.count("$[[") != template.count("]]"):
         return "unbalanced optional fragment: each '$[[' needs a closing ']]'"
@@ -80,7 +80,7 @@ def check_syntax(template: str) -> Optional[str]:
     return None
 
 
-def render(template: str, inputs: Mapping[str, Optional[str]], outputs: Mapping[str, str]) -> list[str]:
+def render(template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str]) -> list[str]:
     """Render `template` into an argv list.
 
     `inputs` maps every input name to its text form (None when unset); `outputs` maps every

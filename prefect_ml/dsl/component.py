@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from prefect_ml._util import (
     NAME_PATTERN,
@@ -21,8 +21,7 @@ from prefect_ml._util import (
     yaml_error_position,
     yaml_problem,
 )
-from prefect_ml.dsl import command_template
-from prefect_ml.dsl import context
+from prefect_ml.dsl import command_template, context
 from prefect_ml.dsl.step import OutputRef, Step
 from prefect_ml.errors import ComponentError, StepInputError
 
@@ -54,9 +53,9 @@ class Input:
     type: str
     default: Any = None
     optional: bool = False
-    enum: Optional[list] = None
-    min: Optional[float] = None
-    max: Optional[float] = None
+    enum: list | None = None
+    min: float | None = None
+    max: float | None = None
     description: str = ""
 
     @property
@@ -97,9 +96,8 @@ def coerce(value: Any, spec: Input, *, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise StepInputError(f"{where}: expects a number, got {got}; pass a number such as 0.1, not a string.")
         value = float(value)
-    elif t == "string":
-        if not isinstance(value, str):
-            raise StepInputError(f"{where}: expects a string, got {got}; pass text (str).")
+    elif t == "string" and not isinstance(value, str):
+        raise StepInputError(f"{where}: expects a string, got {got}; pass text (str).")
     if spec.enum is not None and value not in spec.enum:
         raise StepInputError(f"{where}: {value!r} is not one of the allowed values {spec.enum}.")
     if spec.min is not None and value < spec.min:
@@ -124,26 +122,30 @@ class Component:
     inputs: Mapping[str, Input] = field(default_factory=dict)
     outputs: Mapping[str, Output] = field(default_factory=dict)
     version: str = "1"
-    display_name: Optional[str] = None
+    display_name: str | None = None
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
-    environment: Optional[str] = None
+    environment: str | None = None
     environment_variables: Mapping[str, str] = field(default_factory=dict)
-    infrastructure: Optional[str] = None
+    infrastructure: str | None = None
     cache: bool = True
     retries: int = 0
-    timeout: Optional[float] = None
-    source: Optional[Path] = None
+    timeout: float | None = None
+    source: Path | None = None
 
     def __post_init__(self) -> None:
         validate(self)
 
     # --- calling ---------------------------------------------------------------------------
-    def with_options(self, **options: Any) -> "Component":
-        """A copy with other call options (`infrastructure`, `cache`, `retries`, `timeout`), like Prefect's `Task.with_options`."""
+    def with_options(self, **options: Any) -> Component:
+        """A copy with other call options (`infrastructure`, `cache`, `retries`, `timeout`).
+
+        Like Prefect's `Task.with_options`.
+        """
         unknown = set(options) - set(CALL_OPTIONS)
         if unknown:
-            raise ComponentError(f"component '{self.name}': unknown option(s) {sorted(unknown)}; use {list(CALL_OPTIONS)}.")
+            raise ComponentError(f"component '{self.name}': unknown option(s) {sorted(unknown)}; use "
+                f"{list(CALL_OPTIONS)}.")
         return replace(self, **options)
 
     def bind(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,7 +187,7 @@ class Component:
         return context.submit(self.with_options(**options) if options else self, kwargs)
 
 
-def _where(component_name: str, source: Optional[Path]) -> str:
+def _where(component_name: str, source: Path | None) -> str:
     return f"component '{component_name}'" + (f" ({source})" if source else "")
 
 
@@ -196,7 +198,9 @@ def validate(c: Component) -> None:
         raise ComponentError(f"{where}: name {c.name!r} is invalid; {NAME_RULE}.")
     if not c.command or not c.command.strip():
         raise ComponentError(f"{where}: key 'command' is empty; give the command to run, e.g. 'python train.py'.")
-    for kind, specs, allowed in (("inputs", c.inputs, INPUT_TYPES), ("outputs", c.outputs, OUTPUT_TYPES)):
+    kinds: tuple[tuple[str, Mapping[str, Input | Output], tuple[str, ...]], ...] = (
+        ("inputs", c.inputs, INPUT_TYPES), ("outputs", c.outputs, OUTPUT_TYPES))
+    for kind, specs, allowed in kinds:
         for name, spec in specs.items():
             key = f"{where}: key '{kind}.{name}'"
             if not IDENTIFIER.match(name):
@@ -204,28 +208,27 @@ def validate(c: Component) -> None:
                     f"{key}: {name!r} is not a plain identifier; use letters, digits and '_' (e.g. 'train_data')."
                 )
             if kind == "inputs" and name in CALL_OPTIONS:
-                raise ComponentError(f"{key}: '{name}' is reserved for call options {list(CALL_OPTIONS)}; rename the input.")
+                raise ComponentError(
+                    f"{key}: '{name}' is reserved for call options {list(CALL_OPTIONS)}; rename the input.")
             if spec.type not in allowed:
                 raise ComponentError(f"{key}: unknown type {spec.type!r}; use one of {list(allowed)}.")
-        if kind == "outputs":
-            continue
-        for name, spec in specs.items():
-            key = f"{where}: key 'inputs.{name}'"
-            if spec.is_data and (spec.enum or spec.min is not None or spec.max is not None):
-                raise ComponentError(f"{key}: enum/min/max apply to primitive inputs only, not '{spec.type}'.")
-            if (spec.min is not None or spec.max is not None) and spec.type not in ("integer", "number"):
-                raise ComponentError(f"{key}: min/max apply to integer and number inputs only.")
-            if spec.enum is not None and not spec.is_data:
-                for option in spec.enum:
-                    try:
-                        coerce(option, Input(type=spec.type), where=f"{key} enum value")
-                    except StepInputError as exc:
-                        raise ComponentError(f"{exc} Fix the enum in the component.") from None
-            if spec.default is not None and not spec.is_data:
+    for name, spec in c.inputs.items():
+        key = f"{where}: key 'inputs.{name}'"
+        if spec.is_data and (spec.enum or spec.min is not None or spec.max is not None):
+            raise ComponentError(f"{key}: enum/min/max apply to primitive inputs only, not '{spec.type}'.")
+        if (spec.min is not None or spec.max is not None) and spec.type not in ("integer", "number"):
+            raise ComponentError(f"{key}: min/max apply to integer and number inputs only.")
+        if spec.enum is not None and not spec.is_data:
+            for option in spec.enum:
                 try:
-                    coerce(spec.default, spec, where=f"{key} default")
+                    coerce(option, Input(type=spec.type), where=f"{key} enum value")
                 except StepInputError as exc:
-                    raise ComponentError(f"{exc} Fix the default in the component.") from None
+                    raise ComponentError(f"{exc} Fix the enum in the component.") from None
+        if spec.default is not None and not spec.is_data:
+            try:
+                coerce(spec.default, spec, where=f"{key} default")
+            except StepInputError as exc:
+                raise ComponentError(f"{exc} Fix the default in the component.") from None
     _check_options(c, where)
     overlap = set(c.inputs) & set(c.outputs)
     if overlap:
@@ -295,7 +298,8 @@ def _input_from(name: str, raw: Any, where: str) -> Input:
     allowed = {"type", "default", "optional", "enum", "min", "max", "description"}
     extra = set(raw) - allowed
     if extra:
-        raise ComponentError(f"{where}: key 'inputs.{name}': unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}.")
+        raise ComponentError(f"{where}: key 'inputs.{name}': unknown field(s) {sorted(extra)}; allowed: "
+            f"{sorted(allowed)}.")
     if "type" not in raw:
         raise ComponentError(f"{where}: key 'inputs.{name}' has no 'type'; use one of {list(INPUT_TYPES)}.")
     return Input(**raw)
@@ -310,7 +314,8 @@ def _output_from(name: str, raw: Any, where: str) -> Output:
         raise ComponentError(f"{where}: key 'outputs.{name}' must be a mapping with at least 'type'.")
     extra = set(raw) - {"type", "description", "mode"}
     if extra:
-        raise ComponentError(f"{where}: key 'outputs.{name}': unknown field(s) {sorted(extra)}; allowed: type, description.")
+        raise ComponentError(f"{where}: key 'outputs.{name}': unknown field(s) {sorted(extra)}; allowed: type, "
+            "description.")
     return Output(type=raw.get("type", "uri_folder"), description=raw.get("description", ""))
 
 
@@ -318,19 +323,19 @@ def command(
     *,
     name: str,
     command: str,
-    code: Union[str, Path] = ".",
-    inputs: Optional[Mapping[str, Any]] = None,
-    outputs: Optional[Mapping[str, Any]] = None,
+    code: str | Path = ".",
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
     version: str = "1",
-    environment: Optional[str] = None,
-    display_name: Optional[str] = None,
+    environment: str | None = None,
+    display_name: str | None = None,
     description: str = "",
-    tags: Optional[Mapping[str, str]] = None,
-    environment_variables: Optional[Mapping[str, str]] = None,
-    infrastructure: Optional[str] = None,
+    tags: Mapping[str, str] | None = None,
+    environment_variables: Mapping[str, str] | None = None,
+    infrastructure: str | None = None,
     cache: bool = True,
     retries: int = 0,
-    timeout: Optional[float] = None,
+    timeout: float | None = None,
 ) -> Component:
     """Define a component in Python (like `azure.ai.ml.command`).
 
@@ -361,7 +366,7 @@ def command(
     )
 
 
-def load_component(path: Union[str, Path]) -> Component:
+def load_component(path: str | Path) -> Component:
     """Load a component from YAML in the Azure ML CLI v2 `commandComponent` form.
 
     Relative `code` paths resolve against the YAML file's directory; a missing `code` means that
@@ -395,7 +400,8 @@ def load_component(path: Union[str, Path]) -> Component:
         raise ComponentError(f"{where}: key 'command' is missing; give the command to run.")
     env = raw.get("environment")
     if isinstance(env, Mapping):
-        raise ComponentError(f"{where}: key 'environment': give the name of an environment in environments/, not an inline spec.")
+        raise ComponentError(f"{where}: key 'environment': give the name of an environment in environments/, not an "
+            "inline spec.")
     code = Path(str(raw.get("code", "."))).expanduser()
     component = Component(
         name=name,

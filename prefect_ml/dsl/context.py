@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from prefect_ml.dsl.step import Step
 from prefect_ml.records import RunSpec
@@ -32,10 +32,10 @@ class StepSubmitter(Protocol):
     def submit(self, component: Any, kwargs: Mapping[str, Any]) -> Step: ...
 
 
-_active: ContextVar[Optional[StepSubmitter]] = ContextVar("prefect_ml_active_pipeline_run", default=None)
+_active: ContextVar[StepSubmitter | None] = ContextVar("prefect_ml_active_pipeline_run", default=None)
 
 
-def active() -> Optional[StepSubmitter]:
+def active() -> StepSubmitter | None:
     """The pipeline run whose body is executing in this context, if any."""
     return _active.get()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import operator
-from typing import Callable, Union
+from collections.abc import Callable
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -21,7 +21,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-def _uri(value: Union[OutputRef, str]) -> str:
+def _uri(value: OutputRef | str) -> str:
     return value.uri() if isinstance(value, OutputRef) else str(value)
 
 
@@ -38,7 +38,7 @@ def compare(metrics_uri: str, metric: str, op: str, threshold: float, source: st
 
 @task(name="gate", cache_policy=NO_CACHE, persist_result=False)
 def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str,
-          mlflow_run_id: Union[str, None] = None) -> bool:
+          mlflow_run_id: str | None = None) -> bool:
     logger = get_run_logger()
     value, passed = compare(metrics_uri, metric, op, threshold, source)
     decision = "passed" if passed else "failed"
@@ -59,7 +59,7 @@ def _gate(metrics_uri: str, metric: str, op: str, threshold: float, source: str,
     return passed
 
 
-def _plan_gate(notes: list[str], metrics: Union[OutputRef, str], metric: str, op: str, threshold: float,
+def _plan_gate(notes: list[str], metrics: OutputRef | str, metric: str, op: str, threshold: float,
                source: str) -> bool:
     if isinstance(metrics, OutputRef) and not metrics.step.result().cached:
         notes.append(f"gate {metric} {op} {threshold}: unknown until step '{metrics.step_name}' runs (assumed to pass)")
@@ -69,7 +69,7 @@ def _plan_gate(notes: list[str], metrics: Union[OutputRef, str], metric: str, op
     return passed
 
 
-def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float) -> bool:
+def gate(metrics: OutputRef | str, metric: str, op: str, threshold: float) -> bool:
     """Compare one metric of a `metrics` output with a threshold; record and return the decision.
 
     Example:
@@ -81,7 +81,8 @@ def gate(metrics: Union[OutputRef, str], metric: str, op: str, threshold: float)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise GateError(f"gate: threshold must be a number, got {threshold!r}.")
     if isinstance(metrics, OutputRef) and metrics.type != "metrics":
-        raise GateError(f"gate: '{metrics.name}' of step '{metrics.step_name}' is {metrics.type}, not a metrics output.")
+        raise GateError(f"gate: '{metrics.name}' of step '{metrics.step_name}' is {metrics.type}, not a metrics "
+            "output.")
     source = f"step '{metrics.step_name}'" if isinstance(metrics, OutputRef) else repr(metrics)
     run = context.active()
     if run is not None and run.planning:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -16,8 +16,8 @@ from prefect_ml.settings import get_settings
 
 
 @task(name="register-model", cache_policy=NO_CACHE, persist_result=False)
-def _register(producer: Optional[StepResult], model_uri: str, output: str, name: str, alias: str,
-              metrics_uri: Optional[str], tags: dict[str, str]) -> dict[str, Any]:
+def _register(producer: StepResult | None, model_uri: str, output: str, name: str, alias: str,
+              metrics_uri: str | None, tags: dict[str, str]) -> dict[str, Any]:
     info = registry.register(producer=producer, model_uri=model_uri, output=output, name=name, alias=alias,
                              metrics_uri=metrics_uri, tags=tags, staging_home=get_settings().home_path / "staging",
                              log=get_run_logger().info)
@@ -34,8 +34,8 @@ def _run_lineage() -> dict[str, str]:
     return registry.lineage_tags(run.spec, results)
 
 
-def register_model(model: Union[OutputRef, str], name: str, *, alias: str = "candidate",
-                   metrics: Union[OutputRef, str, None] = None, tags: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def register_model(model: OutputRef | str, name: str, *, alias: str = "candidate",
+                   metrics: OutputRef | str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Register an `mlflow_model` output in the MLflow model registry and point `alias` at it.
 
     The version is tagged with lineage: pipeline and flow run ids, the data inputs of every step,

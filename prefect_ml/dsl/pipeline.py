@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow
 from prefect.utilities.annotations import quote
@@ -37,10 +37,10 @@ from prefect_ml.settings import PrefectMLSettings, get_settings
 class PipelineOptions:
     """What `@pipeline(...)` was given (besides Prefect's own flow options)."""
 
-    infrastructure: Optional[str] = None
+    infrastructure: str | None = None
     cache: bool = True
-    experiment: Optional[str] = None
-    artifact_root: Optional[str] = None
+    experiment: str | None = None
+    artifact_root: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +57,7 @@ class PipelineDefinition:
 _definitions: weakref.WeakKeyDictionary[Callable[..., Any], PipelineDefinition] = weakref.WeakKeyDictionary()
 
 
-def definition_of(pipeline_flow: Any) -> Optional[PipelineDefinition]:
+def definition_of(pipeline_flow: Any) -> PipelineDefinition | None:
     """The `PipelineDefinition` behind a `@pipeline` flow, or None for anything else."""
     fn = getattr(pipeline_flow, "fn", None)
     return _definitions.get(fn) if fn is not None else None
@@ -176,8 +176,8 @@ def _check_data_input(component: Component, name: str, value: Any) -> Any:
     return uri
 
 
-def _run_spec(flow_name: str, options: PipelineOptions, flow_run_id: Optional[str] = None,
-              settings: Optional[PrefectMLSettings] = None) -> RunSpec:
+def _run_spec(flow_name: str, options: PipelineOptions, flow_run_id: str | None = None,
+              settings: PrefectMLSettings | None = None) -> RunSpec:
     """The run's settings from the decorator's options and the PREFECT_ML_* settings (read once here)."""
     settings = settings or get_settings()
     return RunSpec(
@@ -188,7 +188,7 @@ def _run_spec(flow_name: str, options: PipelineOptions, flow_run_id: Optional[st
     )
 
 
-def plan(pipeline_flow: Any, parameters: Optional[dict[str, Any]] = None) -> PipelineRun:
+def plan(pipeline_flow: Any, parameters: dict[str, Any] | None = None) -> PipelineRun:
     """Evaluate a pipeline's body in planning mode: every step's cache key and reuse decision, nothing run.
 
     Gates on metrics of reused steps are evaluated for real; a gate on a step that would run is
@@ -250,7 +250,7 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
             from prefect_ml.runtime.artifacts import pipeline_summary
 
             pipeline_summary(run.spec, run.steps)
-        except Exception as exc:  # noqa: BLE001 - a report must never change the run's outcome
+        except Exception as exc:
             from prefect import get_run_logger
 
             get_run_logger().warning(f"could not write the pipeline summary artifact: {exc}")
@@ -258,13 +258,13 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
 
 
 def pipeline(
-    fn: Optional[Callable[..., Any]] = None,
+    fn: Callable[..., Any] | None = None,
     *,
-    name: Optional[str] = None,
-    infrastructure: Optional[str] = None,
+    name: str | None = None,
+    infrastructure: str | None = None,
     cache: bool = True,
-    experiment: Optional[str] = None,
-    artifact_root: Optional[str] = None,
+    experiment: str | None = None,
+    artifact_root: str | None = None,
     **flow_kwargs: Any,
 ) -> Any:
     """Turn a function into a pipeline: a Prefect flow whose component calls are steps.

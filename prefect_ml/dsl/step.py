@@ -6,7 +6,7 @@ They hold a future from the task runner and know nothing of how the step runs.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from prefect_ml.errors import StepFailed
 from prefect_ml.records import StepResult
@@ -15,8 +15,11 @@ from prefect_ml.records import StepResult
 class _Spec(Protocol):
     """The part of a `Component` a step handle needs (the component module imports this one)."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     @property
     def outputs(self) -> Mapping[str, Any]: ...
@@ -79,7 +82,7 @@ class Step:
     """
 
     def __init__(self, name: str, component: _Spec, future: Any = None,
-                 result: Optional[StepResult] = None, siblings: Optional[list[Step]] = None):
+                 result: StepResult | None = None, siblings: list[Step] | None = None):
         self.name = name
         self.component = component
         self.future = future
@@ -108,7 +111,7 @@ class Step:
         while not (wrapped.done() if wrapped is not None else self.future.state.is_final()):
             self.future.wait(timeout=WAIT_SLICE_S)
 
-    def finished_result(self) -> Optional[StepResult]:
+    def finished_result(self) -> StepResult | None:
         """The `StepResult` if the step completed, None if it failed or never ran (does not raise)."""
         if self.future is not None and not self.future.state.is_completed():
             return None

@@ -43,7 +43,8 @@ def conda_pip_requirements(conda_file: Path) -> list[str]:
         if isinstance(dep, dict):
             pip = dep.get("pip")
             if set(dep) != {"pip"} or not isinstance(pip, list):
-                raise EnvironmentSpecError(f"{where}: in 'dependencies', only a `pip:` list may be a mapping, got {dep!r}.")
+                raise EnvironmentSpecError(f"{where}: in 'dependencies', only a `pip:` list may be a mapping, got "
+                    f"{dep!r}.")
             out += [str(p) for p in pip]
             continue
         requirement = _pip_requirement(str(dep).strip(), where)
@@ -61,7 +62,8 @@ def _pip_requirement(spec: str, where: str) -> str | None:
         )
     m = _DEPENDENCY.match(spec)
     if not m:
-        raise EnvironmentSpecError(f"{where}: cannot read dependency {spec!r}; write `name`, `name=1.2` or `name>=1.2`.")
+        raise EnvironmentSpecError(f"{where}: cannot read dependency {spec!r}; write `name`, `name=1.2` or "
+            "`name>=1.2`.")
     pkg, rest = m.group(1), m.group(2).strip()
     if pkg.lower() in ("python", "pip"):
         return None
@@ -74,7 +76,8 @@ def _pip_requirement(spec: str, where: str) -> str | None:
         rest = rest[1:]
         if "=" in rest:
             raise EnvironmentSpecError(
-                f"{where}: dependency {spec!r} has a conda build string; pip cannot install it. Write `{pkg}={rest.split('=')[0]}`."
+                f"{where}: dependency {spec!r} has a conda build string; pip cannot install it. Write "
+                    f"`{pkg}={rest.split('=')[0]}`."
             )
         return f"{pkg}=={rest}"
     if rest and rest[0] not in "<>=!~":  # `pkg 1.2`: conda's space form of a version

@@ -23,9 +23,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
 
 from prefect_ml.environments.spec import SKIP_FILES, Environment, image_content_hash, load_environment
 from prefect_ml.errors import EnvironmentSpecError
@@ -40,7 +40,7 @@ PULL_POLICIES = ("if_not_present", "always", "never")
 Log = Callable[[str], None]
 
 
-def ca_bundle(*, explicit_only: bool = False) -> Optional[Path]:
+def ca_bundle(*, explicit_only: bool = False) -> Path | None:
     """The CA bundle from the PREFECT_ML_BUILD_CA_BUNDLE setting, else the host's; None when off or absent.
 
     `explicit_only`: only a bundle the setting names (what step containers mount at run time).
@@ -127,7 +127,7 @@ def image_tag(env: Environment, base_image_id: str) -> str:
     return f"{IMAGE_REPO}/{env.name}:{image_hash(env, base_image_id)[:16]}"
 
 
-def content_hash(env: Union[str, Environment], base_image_id: Optional[str] = None, start: Optional[Path] = None) -> str:
+def content_hash(env: str | Environment, base_image_id: str | None = None, start: Path | None = None) -> str:
     """The environment's content hash: with a base image id, the image's; without, the spec's."""
     env = env if isinstance(env, Environment) else load_environment(env, start=start)
     return image_hash(env, base_image_id) if base_image_id else env.spec_hash()
@@ -137,7 +137,7 @@ def content_hash(env: Union[str, Environment], base_image_id: Optional[str] = No
 
 
 def base_image_id(client, image: str, pull_policy: str = "if_not_present", credentials=None,
-                  log: Optional[Log] = None, who: str = "environment") -> str:
+                  log: Log | None = None, who: str = "environment") -> str:
     """The local id of `image`, pulling it according to `pull_policy`; a clear error when it cannot be had."""
     import docker.errors
 
@@ -196,13 +196,13 @@ def _build_context(env: Environment, base: str, ctx: Path) -> None:
 
 
 def ensure_image(
-    env: Union[str, Environment],
+    env: str | Environment,
     client,
     *,
-    start: Optional[Path] = None,
+    start: Path | None = None,
     pull_policy: str = "if_not_present",
     credentials=None,
-    log: Optional[Log] = None,
+    log: Log | None = None,
 ) -> str:
     """The tag of the environment's image, building it only when that tag does not exist yet.
 
@@ -274,7 +274,7 @@ def _build(client, env: Environment, base: str, tag: str, base_id: str, log: Log
     log(f"built {tag} in {time.monotonic() - started:.1f} s")
 
 
-def image_for(env: Union[str, Environment], client, *, start: Optional[Path] = None) -> Optional[str]:
+def image_for(env: str | Environment, client, *, start: Path | None = None) -> str | None:
     """The tag the environment's image has (or would have) now, without building; None without its base image."""
     import docker.errors
 

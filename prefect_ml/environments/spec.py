@@ -27,7 +27,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from prefect_ml._util import safe_load_yaml, yaml_error_position, yaml_problem
 from prefect_ml.environments.conda import conda_pip_requirements
@@ -53,9 +52,9 @@ class Environment:
     name: str
     version: str
     directory: Path
-    base_image: Optional[str] = None  # None: the PREFECT_ML_BASE_IMAGE setting
-    requirements: Optional[str] = None  # file name inside `directory`
-    conda: Optional[str] = None
+    base_image: str | None = None  # None: the PREFECT_ML_BASE_IMAGE setting
+    requirements: str | None = None  # file name inside `directory`
+    conda: str | None = None
     apt: tuple[str, ...] = ()
     gpu: bool = False
     description: str = ""
@@ -90,7 +89,7 @@ def image_content_hash(spec_hash: str, base_image: str, base_image_id: str, reci
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cache_identity(name: Optional[str], start: Optional[Path] = None) -> Optional[str]:
+def cache_identity(name: str | None, start: Path | None = None) -> str | None:
     """What a step's cache key records about its environment: `<name>@<spec hash>` (None: no environment).
 
     The spec hash (spec + requirement files) is the same on every infrastructure, so a step cached on
@@ -121,7 +120,7 @@ def env_files(directory: Path) -> list[Path]:
 # --- finding and loading specs --------------------------------------------------------------------
 
 
-def search_dirs(start: Optional[Path] = None) -> list[Path]:
+def search_dirs(start: Path | None = None) -> list[Path]:
     """`environments/` dirs to search, in order: PREFECT_ML_ENVIRONMENTS_DIR, then walking up from
     `start` (a component's code dir), then walking up from the current directory."""
     dirs: list[Path] = []
@@ -137,11 +136,10 @@ def search_dirs(start: Optional[Path] = None) -> list[Path]:
             if candidate.is_dir():
                 dirs.append(candidate)
                 break
-    seen: set[Path] = set()
-    return [d for d in dirs if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(dirs))  # in order, each once
 
 
-def known_environments(start: Optional[Path] = None) -> dict[str, Path]:
+def known_environments(start: Path | None = None) -> dict[str, Path]:
     """name -> spec file for every environment found in `search_dirs(start)` (first one wins)."""
     found: dict[str, Path] = {}
     for d in search_dirs(start):
@@ -152,7 +150,7 @@ def known_environments(start: Optional[Path] = None) -> dict[str, Path]:
     return found
 
 
-def find_environment(name: str, start: Optional[Path] = None) -> Path:
+def find_environment(name: str, start: Path | None = None) -> Path:
     """The spec file of environment `name`; an unknown name lists the known ones."""
     known = known_environments(start)
     if name in known:
@@ -168,7 +166,7 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple, Environment] = {}
 
 
-def load_environment(name_or_path: Union[str, Path], start: Optional[Path] = None) -> Environment:
+def load_environment(name_or_path: str | Path, start: Path | None = None) -> Environment:
     """Load an environment by name (searched as in `search_dirs`) or by the path of its spec/dir."""
     p = Path(name_or_path)
     if isinstance(name_or_path, Path) or os.sep in str(name_or_path) or str(name_or_path).endswith(".yaml"):
@@ -201,7 +199,8 @@ def parse_spec(spec_file: Path) -> Environment:
         at = f" at{position}" if position else ""
         raise EnvironmentSpecError(f"{where}: invalid YAML{at} ({yaml_problem(exc)}); fix the syntax.") from exc
     if not isinstance(raw, dict):
-        raise EnvironmentSpecError(f"{where}: expected a mapping with keys {sorted(SPEC_KEYS)}, got {type(raw).__name__}.")
+        raise EnvironmentSpecError(f"{where}: expected a mapping with keys {sorted(SPEC_KEYS)}, got "
+            f"{type(raw).__name__}.")
     unknown = sorted(set(raw) - SPEC_KEYS)
     if unknown:
         raise EnvironmentSpecError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(SPEC_KEYS)}.")
@@ -242,7 +241,7 @@ def parse_spec(spec_file: Path) -> Environment:
     )
 
 
-def _file_key(raw: dict, key: str, directory: Path, where: str) -> Optional[str]:
+def _file_key(raw: dict, key: str, directory: Path, where: str) -> str | None:
     value = raw.get(key)
     if value is None:
         return None

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Union
 
 from prefect_ml._util import atomic_write_text
 from prefect_ml.environments.image import Log, build_lock
@@ -32,7 +31,7 @@ def venv_path(env: Environment) -> Path:
     return get_settings().home_path / "venvs" / f"{env.name}-{py}-{key}"
 
 
-def ensure_venv(name_or_env: Union[str, Environment], *, start: Optional[Path] = None, log: Optional[Log] = None) -> Path:
+def ensure_venv(name_or_env: str | Environment, *, start: Path | None = None, log: Log | None = None) -> Path:
     """A venv with the environment's requirements, built once per spec hash; returns its root.
 
     The venv layers on the running interpreter: it sees the packages of the interpreter running the
@@ -92,7 +91,7 @@ def _build_venv(env: Environment, root: Path, log: Log) -> None:
     for args in reqs:
         proc = subprocess.run(
             [str(py), "-m", "pip", "install", "--disable-pip-version-check", *args],
-            cwd=env.directory, capture_output=True, text=True,
+            cwd=env.directory, capture_output=True, text=True, check=False,
         )
         for line in proc.stdout.splitlines():
             log(line)

@@ -18,7 +18,14 @@ _EXPORTS = {
     "DockerStepInfrastructure": "prefect_ml.infrastructure.docker",
     "resolve_infrastructure": "prefect_ml.infrastructure.resolve",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DockerStepInfrastructure",
+    "ProcessStepInfrastructure",
+    "StepInfrastructure",
+    "StepJob",
+    "StepOutcome",
+    "resolve_infrastructure",
+]
 
 if TYPE_CHECKING:
     from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome

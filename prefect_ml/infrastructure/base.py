@@ -7,9 +7,9 @@ task does everything else (inputs, cache, publish, tracking), so process and Doc
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from prefect_ml.dsl import command_template
 
@@ -23,13 +23,13 @@ class StepJob:
     step_name: str
     command: str  # the component's command template
     code_dir: Path
-    values: dict[str, Optional[str]]  # primitive inputs as text; None when unset
+    values: dict[str, str | None]  # primitive inputs as text; None when unset
     data_inputs: dict[str, Path]  # data input name -> host path
     outputs: dict[str, Path]  # output name -> host path (file or dir) to write
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    environment: Optional[str] = None
-    timeout: Optional[float] = None
+    environment: str | None = None
+    timeout: float | None = None
 
     def argv(self, path: Callable[[Path], str] = str) -> list[str]:
         """The command as an argv list; `path` maps host paths to the runtime's paths."""
@@ -43,7 +43,7 @@ class StepJob:
 class StepOutcome:
     exit_code: int
     last_lines: list[str]
-    reason: Optional[str] = None  # e.g. "killed: out of memory (limit 64m)"
+    reason: str | None = None  # e.g. "killed: out of memory (limit 64m)"
 
 
 class LineTail:

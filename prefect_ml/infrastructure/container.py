@@ -23,9 +23,10 @@ import os
 import shlex
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from prefect_ml._compat import task_cancel_event
 from prefect_ml.environments import ca_bundle
@@ -49,13 +50,13 @@ class ContainerOptions:
 
     who: str  # names the configuration in messages, e.g. "infrastructure block 'cpu' (DockerStepInfrastructure)"
     network_mode: str = "host"
-    user: Optional[str] = None  # None: the host's uid:gid
+    user: str | None = None  # None: the host's uid:gid
     env: Mapping[str, str] = field(default_factory=dict)
     volumes: tuple[tuple[str, str, bool], ...] = ()  # (host, container, read_only)
-    mem_limit: Optional[str] = None
-    cpus: Optional[float] = None
-    shm_size: Optional[str] = None
-    device_request: Optional[dict] = None  # keyword arguments of one docker.types.DeviceRequest
+    mem_limit: str | None = None
+    cpus: float | None = None
+    shm_size: str | None = None
+    device_request: dict | None = None  # keyword arguments of one docker.types.DeviceRequest
     gpus: Any = None  # the GPU request as configured, for messages
     stop_timeout: int = 5
     poll_interval: float = 0.1
@@ -78,7 +79,7 @@ def _remove_live_containers() -> None:
     for cid, client in items:
         try:
             client.api.remove_container(cid, force=True)
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:
             pass
 
 
@@ -98,7 +99,7 @@ def run_container(client, job: StepJob, image: str, options: ContainerOptions, l
     return _run(client, job, image, argv, env, mounts, options, log)
 
 
-def container_mounts(job: StepJob, options: ContainerOptions, bundle: Optional[Path] = None):
+def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | None = None):
     """The bind mounts of a step's container, and a function host path -> path in the container."""
     from docker.types import Mount
 
@@ -139,7 +140,7 @@ def container_mounts(job: StepJob, options: ContainerOptions, bundle: Optional[P
     return mounts, to_container
 
 
-def container_environment(job: StepJob, options: ContainerOptions, bundle: Optional[Path] = None) -> dict[str, str]:
+def container_environment(job: StepJob, options: ContainerOptions, bundle: Path | None = None) -> dict[str, str]:
     """The step's environment variables in the container."""
     env = {**options.env, **job.env, "PYTHONUNBUFFERED": "1"}
     if options.run_as.split(":")[0] not in ("0", "root"):
@@ -179,7 +180,7 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
     with _live_lock:
         _live[container.id] = client
     tail = LineTail()
-    reader: Optional[threading.Thread] = None
+    reader: threading.Thread | None = None
     cancelled = task_cancel_event()
     try:
         try:
@@ -197,7 +198,8 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
                     f"step '{job.step_name}' timed out after {job.timeout} s; its container was stopped and removed."
                 )
             if cancelled is not None and cancelled.is_set():
-                raise InfrastructureError(f"step '{job.step_name}' was cancelled; its container was stopped and removed.")
+                raise InfrastructureError(f"step '{job.step_name}' was cancelled; its container was stopped and "
+                    "removed.")
         state = _final_state(client, container.id, options.poll_interval)
         code = int(state.get("ExitCode", -1))
         reason = None
@@ -241,10 +243,10 @@ def _remove(container, stop_timeout: int) -> None:
             container.reload()
             if container.status == "running":
                 container.stop(timeout=stop_timeout)
-        except Exception:  # noqa: BLE001 - removal below is what matters
+        except Exception:
             pass
         container.remove(force=True)
-    except Exception:  # noqa: BLE001 - already gone, or the engine went away
+    except Exception:
         pass
     finally:
         with _live_lock:
@@ -268,7 +270,7 @@ def _fix_ownership(client, image: str, mounts: list, options: ContainerOptions) 
             mounts=fix, user="0", network_mode=options.network_mode, remove=True,
             labels={MANAGED_LABEL: "true"},
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InfrastructureError(
             f"{options.who}: could not give the outputs back to uid {host_uid}: {short_error(exc)}"
         ) from exc
@@ -285,7 +287,7 @@ def _stream_logs(container, log: Log, tail: LineTail) -> None:
                 line = raw.decode("utf-8", "replace").rstrip("\r")
                 tail.add(line)
                 log(line)
-    except Exception:  # noqa: BLE001 - the container was removed under us (timeout, cancel)
+    except Exception:
         pass
     if buf:
         line = buf.decode("utf-8", "replace").rstrip("\r")

@@ -10,22 +10,23 @@ contract (what the container sees) is described there.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Literal, Optional, Union
+from typing import Literal
 
-from pydantic import Field, field_validator
 from prefect.blocks.core import Block
 from prefect_docker import DockerHost, DockerRegistryCredentials
+from pydantic import Field, field_validator
 
 from prefect_ml._compat import block_document_name
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
 from prefect_ml.infrastructure.container import ContainerOptions, run_container
 from prefect_ml.infrastructure.docker_client import docker_client
 
-GpuRequest = Union[int, str, List[str], None]
+GpuRequest = int | str | list[str] | None
 
 
-def parse_gpus(value: GpuRequest) -> Optional[dict]:
+def parse_gpus(value: GpuRequest) -> dict | None:
     """`gpus` -> the keyword arguments of one `docker.types.DeviceRequest`, or None for no GPU.
 
     Accepted: None / "none" (no GPU), "all", a count N >= 1 (int or "2"), device ids as a list
@@ -82,15 +83,17 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
 
     _block_type_name = "ML Step Docker Infrastructure"
     _block_type_slug = "ml-step-docker-infrastructure"
-    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/14a315b79990200db7341e42553e23650b34bb96-250x250.png"
+    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/14a315b79990200db7341e42553e23650b34bb96-250x250.png"  # type: ignore[assignment]  # Prefect types it HttpUrl; str is how blocks set it
     _description = "Runs prefect-ml steps in Docker containers built from versioned environments (GPU, limits, mounts)."
 
-    docker_host: Optional[DockerHost] = Field(
-        default=None, description="The Docker engine to use. Default: the environment's (DOCKER_HOST or the local socket)."
+    docker_host: DockerHost | None = Field(
+        default=None, description="The Docker engine to use. Default: the environment's (DOCKER_HOST or the local "
+            "socket)."
     )
-    image: Optional[str] = Field(
+    image: str | None = Field(
         default=None,
-        description="Run every step in this image instead of its environment's image (it must have the step's dependencies).",
+        description="Run every step in this image instead of its environment's image (it must have the step's "
+            "dependencies).",
     )
     network_mode: str = Field(default="host", description="Docker network mode of step containers.")
     gpus: GpuRequest = Field(
@@ -98,27 +101,32 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         description="GPUs for the step: none (unset), 'all', a count such as 1, or device ids such as ['0'] / '0,1'.",
         examples=["all", 1, ["0"]],
     )
-    mem_limit: Optional[str] = Field(
+    mem_limit: str | None = Field(
         default=None, description="Memory limit such as '512m' or '4g' (swap is not added on top).", examples=["4g"]
     )
-    cpus: Optional[float] = Field(default=None, gt=0, description="CPU limit in cores, such as 1.5.")
-    shm_size: Optional[str] = Field(default=None, description="Size of /dev/shm, such as '2g' (PyTorch data loaders need more than 64m).")
-    user: Optional[str] = Field(
+    cpus: float | None = Field(default=None, gt=0, description="CPU limit in cores, such as 1.5.")
+    shm_size: str | None = Field(default=None, description="Size of /dev/shm, such as '2g' (PyTorch data loaders "
+        "need more than 64m).")
+    user: str | None = Field(
         default=None,
-        description="User (uid[:gid]) in the container. Default: the host user running the pipeline, so outputs are theirs.",
+        description="User (uid[:gid]) in the container. Default: the host user running the pipeline, so outputs are "
+            "theirs.",
     )
-    env: Dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the step.")
-    volumes: List[str] = Field(
-        default_factory=list, description="Extra bind mounts: '/host/path:/container/path[:ro]'.", examples=[["/data:/data:ro"]]
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the step.")
+    volumes: list[str] = Field(
+        default_factory=list, description="Extra bind mounts: "
+            "'/host/path:/container/path[:ro]'.", examples=[["/data:/data:ro"]]
     )
     pull_policy: Literal["if_not_present", "always", "never"] = Field(
         default="if_not_present",
-        description="When to pull the base image (or `image`): if_not_present, always, or never (hosts with no registry).",
+        description="When to pull the base image (or `image`): if_not_present, always, or never (hosts with no "
+            "registry).",
     )
-    registry_credentials: Optional[DockerRegistryCredentials] = Field(
+    registry_credentials: DockerRegistryCredentials | None = Field(
         default=None, description="Credentials for pulling from a private registry."
     )
-    stop_timeout: int = Field(default=5, ge=0, description="Seconds between SIGTERM and SIGKILL when a step is stopped.")
+    stop_timeout: int = Field(default=5, ge=0, description="Seconds between SIGTERM and SIGKILL when a step is "
+        "stopped.")
     poll_interval: float = Field(default=0.1, gt=0, description="Seconds between checks for the end of the container.")
 
     @field_validator("gpus", mode="before")
@@ -132,8 +140,8 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
     def _validate_size(cls, value):
         if value is None:
             return value
-        from docker.utils import parse_bytes
         from docker.errors import DockerException
+        from docker.utils import parse_bytes
 
         try:
             parse_bytes(value)

@@ -10,7 +10,7 @@ docker-py is imported inside the function: importing this module does not import
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from prefect_ml.errors import InfrastructureError
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
-def docker_client(docker_host: Optional["DockerHost"] = None, *, who: str, timeout: Optional[float] = None) -> Any:
+def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: float | None = None) -> Any:
     """A docker-py client that answered a ping; the caller closes it.
 
     Args:
@@ -61,7 +61,7 @@ def docker_client(docker_host: Optional["DockerHost"] = None, *, who: str, timeo
         ) from None
 
 
-def engine_address(docker_host: Optional["DockerHost"] = None) -> str:
+def engine_address(docker_host: DockerHost | None = None) -> str:
     """Where the engine is looked for: the block's base_url, else DOCKER_HOST, else the local socket."""
     if docker_host is not None and docker_host.base_url:
         return docker_host.base_url

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
-from pydantic import Field
 from prefect.blocks.core import Block
+from pydantic import Field
 
 from prefect_ml.errors import StepFailed
 from prefect_ml.infrastructure.base import LineTail, StepInfrastructure, StepJob, StepOutcome
@@ -38,10 +38,10 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
 
     _block_type_name = "ML Step Process Infrastructure"
     _block_type_slug = "ml-step-process-infrastructure"
-    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/356e6766a91baf20e1d08bbe16e8b5aaef4d8643-48x48.png"
+    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/356e6766a91baf20e1d08bbe16e8b5aaef4d8643-48x48.png"  # type: ignore[assignment]  # Prefect types it HttpUrl; str is how blocks set it
     _description = "Runs prefect-ml steps as local subprocesses (no container)."
 
-    env: Dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the step.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the step.")
     use_environment_venv: bool = Field(
         default=False,
         description="Run in a venv built from the component's environment (keyed by its content hash) "
@@ -97,7 +97,7 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
         return "process"
 
 
-def _which(program: str, path: str) -> Optional[str]:
+def _which(program: str, path: str) -> str | None:
     import shutil
 
     return shutil.which(program, path=path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Union
+from prefect.blocks.core import Block
 
 from prefect_ml.errors import InfrastructureError
 from prefect_ml.infrastructure.base import StepInfrastructure
@@ -11,8 +11,8 @@ from prefect_ml.infrastructure.process import ProcessStepInfrastructure
 BUILTINS = ("process", "docker")
 
 
-def block_types() -> list[type]:
-    types: list[type] = [ProcessStepInfrastructure]
+def block_types() -> list[type[Block]]:
+    types: list[type[Block]] = [ProcessStepInfrastructure]
     try:
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
@@ -34,7 +34,7 @@ def saved_names() -> list[str]:
                 docs = client.read_block_documents_by_type(t.get_block_type_slug(), include_secrets=False)
             except ObjectNotFound:  # type not registered on this server yet
                 docs = []
-            except Exception as exc:  # noqa: BLE001 - an older server answers 404 for an unknown type
+            except Exception as exc:
                 if getattr(getattr(exc, "response", None), "status_code", None) != 404:
                     raise
                 docs = []
@@ -52,7 +52,7 @@ def _api_available() -> bool:
     return bool(FlowRunContext.get() or TaskRunContext.get() or os.environ.get("PREFECT_API_URL"))
 
 
-def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepInfrastructure:
+def resolve_infrastructure(value: str | StepInfrastructure | None) -> StepInfrastructure:
     """A block instance, a built-in name (`process`, `docker`), or the name of a saved block."""
     from prefect_ml.settings import get_settings
 
@@ -63,9 +63,11 @@ def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepI
     if name not in BUILTINS or _api_available():
         for t in block_types():
             try:
-                return t.load(name)
-            except Exception:  # noqa: BLE001 - not saved under this type
+                block = t.load(name)
+            except Exception:
                 continue
+            if isinstance(block, StepInfrastructure):  # a sync load returns the block itself
+                return block
     if name == "process":
         return ProcessStepInfrastructure()
     if name == "docker":
@@ -74,7 +76,7 @@ def resolve_infrastructure(value: Union[str, StepInfrastructure, None]) -> StepI
         return DockerStepInfrastructure()
     try:
         known = saved_names()
-    except Exception:  # noqa: BLE001 - listing is best effort for the message
+    except Exception:
         known = []
     raise InfrastructureError(
         f"unknown infrastructure {name!r}; saved infrastructure blocks: {known or 'none'}; built-ins: "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 from prefect_ml.errors import ComponentError
 
@@ -90,7 +90,7 @@ def step_cache_key(
     component,
     *,
     code: str,
-    environment: Optional[str],
+    environment: str | None,
     values: Mapping[str, Any],
     data: Mapping[str, str],
 ) -> tuple[str, dict[str, Any]]:

@@ -11,12 +11,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from prefect_ml import storage
 from prefect_ml.errors import PrefectMLError, StepFailed
-from prefect_ml.infrastructure.resolve import resolve_infrastructure
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob
+from prefect_ml.infrastructure.resolve import resolve_infrastructure
 from prefect_ml.records import Decision, PublishedStep, RunSpec, StepResult, step_fingerprint
 from prefect_ml.runtime import cache_key, outputs
 from prefect_ml.runtime.observers import StepContext, StepObserver
@@ -35,7 +35,7 @@ def infrastructure_for(component: Component, run: RunSpec) -> StepInfrastructure
 
 
 def _resolve_inputs(component: Component, inputs: Mapping[str, Any]):
-    values: dict[str, Optional[str]] = {}
+    values: dict[str, str | None] = {}
     raw_values: dict[str, Any] = {}
     data: dict[str, str] = {}
     fingerprints: dict[str, str] = {}
@@ -54,7 +54,7 @@ def _resolve_inputs(component: Component, inputs: Mapping[str, Any]):
     return values, raw_values, data, fingerprints
 
 
-def _environment_key(component: Component, infra: StepInfrastructure) -> Optional[str]:
+def _environment_key(component: Component, infra: StepInfrastructure) -> str | None:
     """The environment part of the key: the infrastructure's identity for it (Docker: the image
     hash, which covers the base image id) or the environment spec's content hash."""
     if not component.environment:
@@ -72,7 +72,7 @@ def decide(component: Component, inputs: Mapping[str, Any], run: RunSpec, infra:
     """Compute the step's cache key and whether complete outputs for it exist (fail closed)."""
     values, raw_values, data, fingerprints = _resolve_inputs(component, inputs)
 
-    def decision(key: str, parts: dict, published: Optional[PublishedStep], reason: str) -> Decision:
+    def decision(key: str, parts: dict, published: PublishedStep | None, reason: str) -> Decision:
         return Decision(key=key, parts=parts, values=values, raw_values=raw_values, data=data,
                         fingerprints=fingerprints, published=published, reason=reason)
 
@@ -86,7 +86,7 @@ def decide(component: Component, inputs: Mapping[str, Any], run: RunSpec, infra:
         )
     except PrefectMLError:
         raise
-    except Exception as exc:  # noqa: BLE001 - fail closed: run, and say why
+    except Exception as exc:
         return decision("nocache-" + uuid.uuid4().hex[:24], {}, None,
                         f"cache key could not be computed ({type(exc).__name__}: {exc}); running without reuse")
     off = [who for who, on in (("component", component.cache), ("pipeline run", run.cache),
@@ -162,7 +162,7 @@ def run_lifecycle(component: Component, inputs: Mapping[str, Any], run: RunSpec,
                       infrastructure=infra.describe(), task_run_id=task_run_id, log=log)
     for o in observers:
         o.step_started(ctx)
-    staging: Optional[Path] = None
+    staging: Path | None = None
     try:
         if d.published is not None:
             published = d.published

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from prefect_ml._util import slugify
 from prefect_ml.asset_registry import asset_of
@@ -75,7 +75,7 @@ def lineage_rows(inputs: Mapping[str, str], fingerprints: Mapping[str, str],
 
 
 def lineage_artifact(step: str, inputs: Mapping[str, str], fingerprints: Mapping[str, str],
-                     outputs: Mapping[str, str], *, cache_key: str = "", cached: bool = False) -> Optional[Any]:
+                     outputs: Mapping[str, str], *, cache_key: str = "", cached: bool = False) -> Any | None:
     """A Prefect table artifact on the current task run: one row per data input and output."""
     from prefect.artifacts import create_table_artifact
 
@@ -87,7 +87,7 @@ def lineage_artifact(step: str, inputs: Mapping[str, str], fingerprints: Mapping
     )
 
 
-def _asset_resource(uri: str, name: Optional[str] = None) -> dict[str, str]:
+def _asset_resource(uri: str, name: str | None = None) -> dict[str, str]:
     resource = {"prefect.resource.id": uri}
     if name:
         resource["prefect.resource.name"] = name
@@ -95,7 +95,7 @@ def _asset_resource(uri: str, name: Optional[str] = None) -> dict[str, str]:
 
 
 def emit_asset_events(step: str, inputs: Mapping[str, str], outputs: Mapping[str, str], *,
-                      fingerprints: Optional[Mapping[str, str]] = None, cache_key: str = "") -> list:
+                      fingerprints: Mapping[str, str] | None = None, cache_key: str = "") -> list:
     """Emit Prefect asset events for a step that ran (a reused step materializes nothing, as in Prefect).
 
     Returns the events sent (empty when events are off or no client is connected). URIs that are not
@@ -138,7 +138,7 @@ def record_step(step: str, inputs: Mapping[str, str], fingerprints: Mapping[str,
         lineage_artifact(step, inputs, fingerprints, outputs, cache_key=cache_key, cached=cached)
         if not cached:
             emit_asset_events(step, inputs, outputs, fingerprints=fingerprints, cache_key=cache_key)
-    except Exception as exc:  # noqa: BLE001 - lineage is a record, not part of the result
+    except Exception as exc:
         logging.getLogger("prefect_ml.lineage").warning(f"could not record lineage of step {step}: {exc}")
 
 

@@ -8,8 +8,9 @@ variables for the step's command; `step_finished` and `step_failed` record what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefect_ml.dsl.component import Component

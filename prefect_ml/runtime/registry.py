@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect_ml import storage
 from prefect_ml.errors import RegistrationError
@@ -19,7 +19,7 @@ from prefect_ml.runtime.outputs import read_metrics
 SOURCE_KEY_TAG = "prefect_ml.source_cache_key"
 
 
-def lineage_tags(spec: Optional[RunSpec], results: Mapping[str, StepResult]) -> dict[str, str]:
+def lineage_tags(spec: RunSpec | None, results: Mapping[str, StepResult]) -> dict[str, str]:
     """Model version tags that say where a model came from: the pipeline run and every external
     data input of every completed step (with data asset versions)."""
     tags: dict[str, str] = {}
@@ -35,8 +35,8 @@ def lineage_tags(spec: Optional[RunSpec], results: Mapping[str, StepResult]) -> 
     return tags
 
 
-def register(*, producer: Optional[StepResult], model_uri: str, output: str, name: str, alias: str,
-             metrics_uri: Optional[str], tags: Mapping[str, str], staging_home: Path,
+def register(*, producer: StepResult | None, model_uri: str, output: str, name: str, alias: str,
+             metrics_uri: str | None, tags: Mapping[str, str], staging_home: Path,
              log: Any = None) -> dict[str, Any]:
     """Register `model_uri` as a new version of `name` and point `alias` at it.
 
@@ -52,7 +52,8 @@ def register(*, producer: Optional[StepResult], model_uri: str, output: str, nam
     run_id = producer.mlflow_run_id if producer else None
     try:
         existing = _version_of_source(client, name, producer.key) if producer is not None else None
-        if existing is not None:  # the same model (same producing step key): no duplicate version
+        # the same model (same producing step key): point the alias at it, no duplicate version
+        if existing is not None and producer is not None:
             client.set_registered_model_alias(name, alias, existing.version)
             uri = f"models:/{name}@{alias}"
             if log:

@@ -12,8 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from prefect_ml.records import RunSpec, StepResult
-from prefect_ml.runtime.lifecycle import run_lifecycle
 from prefect_ml.runtime.artifacts import ArtifactsObserver
+from prefect_ml.runtime.lifecycle import run_lifecycle
 from prefect_ml.runtime.lineage import LineageObserver
 from prefect_ml.runtime.observers import StepObserver
 from prefect_ml.runtime.tracking import TrackingObserver

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from prefect_ml.runtime.observers import StepContext, StepObserver
 from prefect_ml.settings import get_settings
@@ -78,8 +78,8 @@ def _param(value: Any) -> str:
     return redact(text)[:6000]
 
 
-def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: Optional[str] = None,
-              params: Optional[Mapping[str, Any]] = None) -> str:
+def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None,
+              params: Mapping[str, Any] | None = None) -> str:
     """Create a run (nested under `parent_run_id` if given) and return its id."""
     from mlflow.entities import Param
 
@@ -93,8 +93,8 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str], parent_ru
     return run.info.run_id
 
 
-def end_run(run_id: str, ok: bool, metrics: Optional[Mapping[str, float]] = None,
-            tags: Optional[Mapping[str, Any]] = None) -> None:
+def end_run(run_id: str, ok: bool, metrics: Mapping[str, float] | None = None,
+            tags: Mapping[str, Any] | None = None) -> None:
     """Log final metrics and tags in one batch, then end the run (each call is a store transaction)."""
     if metrics or tags:
         from mlflow.entities import Metric, RunTag

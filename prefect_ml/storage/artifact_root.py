@@ -24,7 +24,6 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional
 
 from prefect_ml._util import atomic_write_text
 from prefect_ml.errors import StorageError
@@ -62,7 +61,7 @@ class ArtifactRoot:
     def marker_uri(self, key: str) -> str:
         return join(self.step_uri(key), MARKER)
 
-    def read_marker(self, key: str) -> Optional[dict]:
+    def read_marker(self, key: str) -> dict | None:
         uri = self.marker_uri(key)
         fs, path = filesystem(uri)
         try:
@@ -77,11 +76,11 @@ class ArtifactRoot:
             return None  # a torn or foreign file is no marker
         return marker if isinstance(marker, dict) else None
 
-    def completed(self, key: str, outputs: list[str]) -> Optional[PublishedStep]:
+    def completed(self, key: str, outputs: list[str]) -> PublishedStep | None:
         """The published outputs of `key` if they can be trusted (see `check`); else None."""
         return self.check(key, outputs)[0]
 
-    def check(self, key: str, outputs: list[str]) -> tuple[Optional[PublishedStep], str]:
+    def check(self, key: str, outputs: list[str]) -> tuple[PublishedStep | None, str]:
         """The published outputs of `key`, or None and why they cannot be reused.
 
         Trusted only when the marker has the expected shape, names exactly `outputs`, every output
@@ -114,10 +113,7 @@ class ArtifactRoot:
         On a local root the dir is inside the root (`.staging/`), so publishing is a rename.
         """
         attempt = uuid.uuid4().hex[:12]
-        if self.local:
-            staging = Path(self.path) / ".staging" / attempt
-        else:
-            staging = Path(staging_home) / "outputs" / attempt
+        staging = Path(self.path) / ".staging" / attempt if self.local else Path(staging_home) / "outputs" / attempt
         staging.mkdir(parents=True, exist_ok=False)
         return attempt, staging
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -40,7 +40,7 @@ class StorageCaches:
 
     # --- filesystems -------------------------------------------------------------------------------
 
-    def filesystem(self, key: str) -> Optional[Any]:
+    def filesystem(self, key: str) -> Any | None:
         with self._fs_lock:
             return self._filesystems.get(key)
 
@@ -50,7 +50,7 @@ class StorageCaches:
 
     # --- storage options from a block --------------------------------------------------------------
 
-    def block_options(self, name: str, ttl_s: float) -> Optional[dict[str, Any]]:
+    def block_options(self, name: str, ttl_s: float) -> dict[str, Any] | None:
         """The options read from block `name` less than `ttl_s` seconds ago, else None."""
         with self._block_lock:
             cached = self._block_options.get(name)
@@ -74,7 +74,7 @@ class StorageCaches:
 
     # --- file digests ------------------------------------------------------------------------------
 
-    def digest(self, key: tuple) -> Optional[str]:
+    def digest(self, key: tuple) -> str | None:
         with self._digest_lock:
             return self._digests.get(key)
 

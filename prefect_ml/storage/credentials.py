@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 from prefect_ml.errors import StorageError
 from prefect_ml.settings import PrefectMLSettings, get_settings
@@ -56,7 +56,7 @@ def credential_hint(protocol: str, default: str = "the storage options") -> str:
     return CREDENTIAL_HINT.get(protocol, default)
 
 
-def credential_environment(settings: Optional[PrefectMLSettings] = None) -> dict[str, Optional[str]]:
+def credential_environment(settings: PrefectMLSettings | None = None) -> dict[str, str | None]:
     """Everything that selects a store's endpoint or identity: the SDKs' variables and our settings."""
     settings = settings or get_settings()
     env = {k: os.environ.get(k) for k in CREDENTIAL_ENV}
@@ -100,7 +100,7 @@ def _load_block_options(name: str) -> dict[str, Any]:
     return value
 
 
-def _all_options(settings: Optional[PrefectMLSettings] = None) -> dict[str, Any]:
+def _all_options(settings: PrefectMLSettings | None = None) -> dict[str, Any]:
     settings = settings or get_settings()
     raw = settings.storage_options
     options: dict[str, Any] = {}
@@ -122,7 +122,7 @@ def _all_options(settings: Optional[PrefectMLSettings] = None) -> dict[str, Any]
     return options
 
 
-def storage_options(protocol: str, settings: Optional[PrefectMLSettings] = None) -> dict[str, Any]:
+def storage_options(protocol: str, settings: PrefectMLSettings | None = None) -> dict[str, Any]:
     """fsspec options for a protocol from the settings block/JSON (`s3a` reads `s3`, `az`/`abfss` read `abfs`).
 
     `settings`: the settings already read by the caller (reading them costs a little).
@@ -143,7 +143,7 @@ def _secrets() -> list[str]:
                     values.append(v)
     except StorageError:
         pass
-    for cs in [os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")] + values:
+    for cs in [os.environ.get("AZURE_STORAGE_CONNECTION_STRING", ""), *values]:
         for part in cs.split(";"):  # the key inside a connection string, on its own too
             if part.lower().startswith(("accountkey=", "sharedaccesssignature=")):
                 values.append(part.split("=", 1)[1])
@@ -175,5 +175,6 @@ def check_uri(uri: str) -> None:
     if carries_credentials(uri):
         # user:secret@host would put a credential in the URI (and so in logs and MLflow tags)
         raise StorageError(
-            f"{protocol}:// URIs must not carry credentials; use {credential_hint(canonical_protocol(uri), 'storage options')}."
+            f"{protocol}:// URIs must not carry credentials; use "
+                f"{credential_hint(canonical_protocol(uri), 'storage options')}."
         )

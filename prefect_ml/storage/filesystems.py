@@ -15,7 +15,11 @@ from prefect_ml.errors import StorageError
 from prefect_ml.settings import get_settings
 from prefect_ml.storage.caches import caches
 from prefect_ml.storage.credentials import (
-    check_uri, credential_environment, credential_hint, short_error, storage_options,
+    check_uri,
+    credential_environment,
+    credential_hint,
+    short_error,
+    storage_options,
 )
 from prefect_ml.storage.uri import ALIASES, is_local, local_path, protocol_of
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 from prefect_ml.errors import StorageError
 from prefect_ml.storage.caches import caches
@@ -29,7 +29,7 @@ class FileEntry:
     path: str
     size: int
     checksum: str  # remote: "etag:..." (or "mtime:..."); local: "sha256:..." or "stat:size:mtime_ns"
-    mtime_ns: Optional[int] = None  # local files only
+    mtime_ns: int | None = None  # local files only
 
 
 def local_files(path: Path) -> Iterator[Path]:
@@ -53,10 +53,8 @@ def _file_digest(path: Path, st: os.stat_result) -> str:
     cached = caches.digest(key)
     if cached is not None:
         return cached
-    if st.st_size <= HASH_LIMIT:
-        digest = sha256_file(path)
-    else:  # hashing GiBs on every run costs seconds; size + mtime is what make(1) trusts too
-        digest = f"stat:{st.st_size}:{st.st_mtime_ns}"
+    # hashing GiBs on every run costs seconds; above the limit size + mtime is what make(1) trusts too
+    digest = sha256_file(path) if st.st_size <= HASH_LIMIT else f"stat:{st.st_size}:{st.st_mtime_ns}"
     caches.put_digest(key, digest)
     return digest
 

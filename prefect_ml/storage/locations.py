@@ -96,7 +96,8 @@ def check_location(uri: str) -> None:
         return
     if not container_exists(uri):
         what = "bucket" if canonical_protocol(uri) == "s3" else "container"
-        raise StorageError(f"the {what} '{container_of(uri)}' of {redact(uri)!r} does not exist; create it or fix the URI.")
+        raise StorageError(f"the {what} '{container_of(uri)}' of {redact(uri)!r} does not exist; create it or fix "
+            "the URI.")
     caches.mark_location_checked(key)
 
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Optional
 
 from prefect_ml.errors import StorageError
 from prefect_ml.records import is_step_fingerprint
@@ -72,7 +71,7 @@ def upload(src: Path, uri: str) -> int:
     return nbytes
 
 
-def stage_in(uri: str, staging_home: Path, *, fingerprint_hint: Optional[str] = None) -> Path:
+def stage_in(uri: str, staging_home: Path, *, fingerprint_hint: str | None = None) -> Path:
     """A local path for a data input: local data is used in place (no copy); remote data is
     downloaded once per fingerprint into `staging_home/inputs/` (written aside, then renamed), so
     a step, its retries and later steps with the same input download it once.
