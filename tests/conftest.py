@@ -1,4 +1,8 @@
-"""Shared fixtures: one real (ephemeral) Prefect API for the session, a fresh prefect-ml home per test."""
+"""Shared by both tiers: environment defaults, `require()`, and a fresh prefect-ml home per test.
+
+Fixtures that need a server (the session's Prefect API, `env`) are in tests/integration/conftest.py;
+tests/unit/conftest.py keeps the unit tier off every server.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "credit_default.csv"
+from tests.paths import REPO, SHARED_DATA
+
+__all__ = ["REPO", "SHARED_DATA", "require"]  # `from tests.conftest import REPO, SHARED_DATA` keeps working
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -25,15 +30,6 @@ def require(ok: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """A real Prefect API (the test harness' temporary server) for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def ml_home(tmp_path, monkeypatch) -> Path:
     """A fresh PREFECT_ML_HOME (artifact root, SQLite MLflow store) for one test."""
@@ -43,9 +39,3 @@ def ml_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("PREFECT_ML_INFRASTRUCTURE", raising=False)
     return home
-
-
-@pytest.fixture
-def env(prefect_api, ml_home) -> Path:
-    """Prefect API + fresh prefect-ml home: what most flow tests need."""
-    return ml_home

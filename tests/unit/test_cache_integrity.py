@@ -43,7 +43,7 @@ def test_an_edited_cached_output_is_a_miss(tmp_path):
 
 
 def test_a_marker_pointing_outside_its_attempt_is_a_miss(tmp_path):
-    root, key, outputs = _publish(tmp_path)
+    root, key, _ = _publish(tmp_path)
     marker_path = _local(root.marker_uri(key))
     marker = json.loads(marker_path.read_text())
     marker["outputs"]["model"] = "file:///etc/ssh"
@@ -68,7 +68,8 @@ def test_disk_full_while_writing_the_marker_is_a_clear_error(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(artifact_root, "atomic_write_text", full)
-    with pytest.raises(StorageError, match="could not write the completion marker .*No space left on device.*not published"):
+    with pytest.raises(StorageError,
+                       match=r"could not write the completion marker .*No space left on device.*not published"):
         _publish(tmp_path)
 
 

@@ -17,13 +17,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["prefect_ml._util", "prefect_ml._compat", "prefect_ml.errors", "prefect_ml.settings",
                     "prefect_ml.records"]),
     ("spec", ["prefect_ml.dsl", "prefect_ml.dsl.command_template", "prefect_ml.dsl.step", "prefect_ml.dsl.context",
-              "prefect_ml.dsl.component"]),
+              "prefect_ml.dsl.component", "prefect_ml.dsl.function", "prefect_ml.dsl._function_runner",
+              "prefect_ml.search"]),
     ("storage", ["prefect_ml.storage", "prefect_ml.storage.*"]),
     ("data", ["prefect_ml.assets", "prefect_ml.asset_registry", "prefect_ml.samples"]),
     ("environments", ["prefect_ml.environments", "prefect_ml.environments.*"]),
     ("infrastructure", ["prefect_ml.infrastructure", "prefect_ml.infrastructure.*"]),
     ("runtime", ["prefect_ml.runtime", "prefect_ml.runtime.*"]),
-    ("pipelines", ["prefect_ml.dsl.pipeline", "prefect_ml.dsl.gate", "prefect_ml.dsl.model"]),
+    ("pipelines", ["prefect_ml.dsl.pipeline", "prefect_ml.dsl.gate", "prefect_ml.dsl.model", "prefect_ml.dsl.sweep",
+                   "prefect_ml.dsl.fail", "prefect_ml.dsl.azure_pipeline"]),
     ("entry points", ["prefect_ml", "prefect_ml.blocks", "prefect_ml.cli", "prefect_ml.cli.*"]),
 ]
 
@@ -90,7 +92,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join([*path[path.index(nxt):], nxt]))
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = "done"

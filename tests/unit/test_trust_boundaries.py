@@ -173,3 +173,14 @@ def test_a_placeholder_inside_a_bash_c_script_warns_and_the_safe_form_does_not(t
 def test_the_shell_operator_message_recommends_the_safe_form(tmp_path):
     with pytest.raises(ComponentError, match=r"values as arguments, never inside the script: bash -c"):
         command(name="c", code=tmp_path, command="echo a | wc -c")
+
+
+# --- $VAR in commands (Azure runs commands in a shell; we expand them ourselves) -----------------
+
+def test_env_vars_in_a_command_are_expanded_without_a_shell():
+    from prefect_ml.dsl.command_template import render
+
+    argv = render("python t.py --out $OUT_DIR/${NAME}.csv --keep $UNSET --x ${{inputs.x}}",
+                  {"x": "$NAME; rm -rf /"}, {}, env={"OUT_DIR": "/data", "NAME": "run1"})
+    # a value substituted afterwards is never expanded, and unknown variables stay literal
+    assert argv == ["python", "t.py", "--out", "/data/run1.csv", "--keep", "$UNSET", "--x", "$NAME; rm -rf /"]

@@ -1,6 +1,6 @@
 """The Prefect UI in a real headless Chromium shows a deployed pipeline run, its steps and artifacts.
 
-Renders pages of the server from tests/test_deployments.py (shared: one server and one completed
+Renders pages of the server from tests/integration/test_deployments.py (shared: one server and one completed
 `credit-default/cpu` run per session), saves a screenshot and the rendered DOM of each page under
 `test-output/ui/` (or `$PREFECT_ML_TEST_OUTPUT/ui/`), and asserts on the text the page shows.
 Chromium comes from Debian (`apt-get install -y chromium`, see scripts/setup-test-services.sh).
@@ -18,13 +18,10 @@ from pathlib import Path
 
 import pytest
 
-# the same module object pytest collected (tests/ is on sys.path), so the session shares one server
-from test_deployments import REPO, Stack, cpu_run, deploy_stack  # noqa: F401 - fixtures
-
-try:
-    from tests.servers import skip_or_fail
-except ImportError:
-    from servers import skip_or_fail
+# the same module object pytest collected (tests/ is a package), so the session shares one server
+from tests.integration.test_deployments import Stack, cpu_run, deploy_stack  # noqa: F401 - fixtures
+from tests.paths import REPO
+from tests.servers import skip_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +70,7 @@ def render(url: str, out: Path, name: str, tmp_path: Path, expect: tuple[str, ..
             [chromium(), *CHROMIUM_FLAGS, f"--virtual-time-budget={budget}",
              f"--user-data-dir={tmp_path / f'chromium-{name}-{attempt}'}",
              f"--screenshot={shot}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, check=False,
             env={**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"},
         )
         assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
@@ -86,7 +83,7 @@ def render(url: str, out: Path, name: str, tmp_path: Path, expect: tuple[str, ..
     return text
 
 
-def test_flow_run_page_shows_completed_run_and_steps(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+def test_flow_run_page_shows_completed_run_and_steps(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):  # noqa: F811 - fixtures
     text = render(f"{deploy_stack.ui_url}/runs/flow-run/{cpu_run['id']}", output_dir, "flow-run", tmp_path,
                   expect=("Completed", "data_prep", "evaluate"))
     assert cpu_run["name"] in text, text[:2000]
@@ -98,12 +95,13 @@ def test_flow_run_page_shows_completed_run_and_steps(deploy_stack: Stack, cpu_ru
         assert step in text, step
 
 
-def test_task_run_page_shows_step_logs(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+def test_task_run_page_shows_step_logs(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):  # noqa: F811 - fixtures
     train = next(t for t in deploy_stack.task_runs(cpu_run["id"]) if t["name"] == "train")
     # the worker ships logs to the API in batches after the run: wait until the line is stored, then render
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        logs = deploy_stack.api("POST", "/logs/filter", {"logs": {"task_run_id": {"any_": [train["id"]]}}, "limit": 200})
+        logs = deploy_stack.api("POST", "/logs/filter",
+                                {"logs": {"task_run_id": {"any_": [train["id"]]}}, "limit": 200})
         if any("training on" in log["message"] for log in logs):
             break
         time.sleep(2)
@@ -113,7 +111,7 @@ def test_task_run_page_shows_step_logs(deploy_stack: Stack, cpu_run: dict, outpu
     assert "training on" in text, text[:3000]  # a line the step's own process printed
 
 
-def test_artifact_pages_show_summary_and_metrics(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):
+def test_artifact_pages_show_summary_and_metrics(deploy_stack: Stack, cpu_run: dict, output_dir, tmp_path):  # noqa: F811 - fixtures
     artifacts = deploy_stack.artifacts(cpu_run["id"])
     metrics = render(f"{deploy_stack.ui_url}/artifacts/artifact/{artifacts['metrics-credit-default']['id']}",
                      output_dir, "artifact-metrics", tmp_path, expect=("auc",))

@@ -1,9 +1,8 @@
-"""Environments: spec validation, content hash, image builds against the real engine (built once,
-then a cache hit), conda files without conda, venvs for the process infrastructure, the CLI."""
+"""Environments: spec validation, content hash, conda files without conda, venvs for the process
+infrastructure, the CLI (image builds against the real engine: tests/integration/test_environments_docker.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import textwrap
 import time
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require
-from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
+from tests.paths import REPO
 
 
 def make_env(root: Path, name: str, spec: str, files: dict[str, str] | None = None) -> Path:
@@ -41,7 +39,8 @@ def test_unknown_environment_lists_the_known_ones(envs):
     from prefect_ml.errors import EnvironmentSpecError
 
     make_env(envs, "alpha", "name: alpha\nrequirements: null\n")
-    with pytest.raises(EnvironmentSpecError, match=r"unknown environment 'nope'; known environments: \['alpha'.*Create environments/nope/environment.yaml"):
+    with pytest.raises(EnvironmentSpecError, match=r"unknown environment 'nope'; known environments: \['alpha'.*"
+                                                   r"Create environments/nope/environment.yaml"):
         load_environment("nope")
 
 
@@ -92,7 +91,8 @@ def test_conda_file_pip_rule(envs):
         "numpy==1.26", "pandas>=2.1", "scipy==1.11", "requests", "six==1.17.0", "idna"]
     for bad, why in [("conda-forge::numpy", "names a conda channel"), ("numpy=1.26=py311_0", "build string"),
                      ("cudatoolkit=11.8", "conda-only native package")]:
-        d = make_env(envs, f"c{uuid.uuid4().hex[:6]}", "conda: conda.yaml\n", {"conda.yaml": f"dependencies: ['{bad}']\n"})
+        d = make_env(envs, f"c{uuid.uuid4().hex[:6]}", "conda: conda.yaml\n",
+                     {"conda.yaml": f"dependencies: ['{bad}']\n"})
         with pytest.raises(EnvironmentSpecError, match=why):
             conda_pip_requirements(d / "conda.yaml")
 
@@ -121,69 +121,6 @@ def test_repository_environments_load(monkeypatch):
     assert gpu.gpu and gpu.requirements == "requirements.txt"
     cpu = load_environment("sklearn-cpu", start=REPO / "components" / "train")
     assert not cpu.gpu
-
-
-# --- images (real engine) ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def docker_client(monkeypatch):
-    ok, reason = docker_available()
-    require(ok, reason)
-    image = os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
-    ok, reason = docker_image_available(image)
-    require(ok, reason)
-    monkeypatch.setenv("PREFECT_ML_BASE_IMAGE", image)
-    import docker
-
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-def test_build_then_same_build_is_a_cache_hit(envs, docker_client, capsys):
-    """A new environment builds (requirements.txt + the pip part of a conda file); the same build again
-    finds its tag and builds nothing."""
-    from prefect_ml.environments import ensure_image, load_environment
-
-    name = f"tiny-{uuid.uuid4().hex[:8]}"  # unique: the first build is a real one
-    make_env(envs, name, f"name: {name}\nrequirements: requirements.txt\nconda: conda.yaml\n", {
-        "requirements.txt": "six==1.17.0\n",
-        "conda.yaml": "dependencies: [python=3.11, pip, {pip: [idna==3.10]}]\n",
-    })
-    env = load_environment(name)
-    lines: list[str] = []
-    tag = None
-    try:
-        t0 = time.monotonic()
-        tag = ensure_image(env, docker_client, pull_policy="never", log=lines.append)
-        first = time.monotonic() - t0
-        assert any(line.startswith("building image") for line in lines)
-        lines.clear()
-        t0 = time.monotonic()
-        assert ensure_image(env, docker_client, pull_policy="never", log=lines.append) == tag
-        second = time.monotonic() - t0
-        assert lines == []  # nothing built
-        with capsys.disabled():
-            print(f"\nenvironment build: first {first:.1f} s, second (cache hit) {second:.3f} s")
-        out = docker_client.containers.run(
-            tag, ["python", "-c", "import six, idna, sys; print(sys.prefix, six.__version__, idna.__version__)"],
-            network_mode="host", remove=True).decode()
-        assert out.split() == ["/opt/venv", "1.17.0", "3.10"]
-        image = docker_client.images.get(tag)
-        assert image.labels["prefect-ml.environment"] == name
-    finally:
-        if tag:
-            docker_client.images.remove(tag, force=True)
-
-
-def test_missing_base_image_with_pull_policy_never(envs, docker_client):
-    from prefect_ml.environments import ensure_image, load_environment
-    from prefect_ml.errors import EnvironmentSpecError
-
-    make_env(envs, "nobase", "name: nobase\nbase_image: prefect-ml/does-not-exist:1\n")
-    with pytest.raises(EnvironmentSpecError, match=r"environment 'nobase': image 'prefect-ml/does-not-exist:1' does not exist locally and the pull policy is 'never'.*prefect-ml env base-image"):
-        ensure_image(load_environment("nobase"), docker_client, pull_policy="never")
 
 
 # --- venvs (process infrastructure) -----------------------------------------------------------
@@ -235,7 +172,7 @@ def test_base_image_script_ships_inside_the_package():
     wrapper = (REPO / "scripts" / "make-base-image.sh").read_text()
     assert "prefect_ml/environments/make-base-image.sh" in wrapper
     res = subprocess.run(["bash", "-n", str(REPO / "prefect_ml" / "environments" / "make-base-image.sh")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
 
 
@@ -245,7 +182,8 @@ def test_build_ca_bundle_setting_that_is_not_a_file_is_named(monkeypatch, tmp_pa
 
     missing = tmp_path / "no-bundle.pem"
     monkeypatch.setenv("PREFECT_ML_BUILD_CA_BUNDLE", str(missing))
-    with pytest.raises(EnvironmentSpecError, match=r"PREFECT_ML_BUILD_CA_BUNDLE=.*no-bundle.pem.* is not a file; .*'none'"):
+    with pytest.raises(EnvironmentSpecError,
+                       match=r"PREFECT_ML_BUILD_CA_BUNDLE=.*no-bundle.pem.* is not a file; .*'none'"):
         ca_bundle()
     with pytest.raises(EnvironmentSpecError, match=r"is not a file; point it at a PEM CA bundle\.$"):
         ca_bundle(explicit_only=True)  # what step containers mount
@@ -265,5 +203,6 @@ def test_env_build_without_an_engine_is_one_line(monkeypatch, ml_home, tmp_path)
     monkeypatch.chdir(REPO)
     res = CliRunner().invoke(app, ["env", "build", "sklearn-cpu"])
     assert res.exit_code == 1, res.output
-    assert "prefect-ml env: cannot reach the Docker engine at unix://" in res.output and "Start the engine" in res.output
+    assert "prefect-ml env: cannot reach the Docker engine at unix://" in res.output
+    assert "Start the engine" in res.output
     assert "Traceback" not in res.output

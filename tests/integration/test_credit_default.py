@@ -9,10 +9,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.paths import REPO, SHARED_DATA
 
 sys.path.insert(0, str(REPO / "flows"))
-from credit_default import credit_default  # noqa: E402
+from credit_default import credit_default
 
 STEPS = {"data_prep", "train", "evaluate"}
 
@@ -29,11 +29,12 @@ def local(uri: str) -> Path:
 def check_run(state, model_name):
     """Steps completed, outputs published with markers, MLflow child runs, a loadable registered model."""
     import mlflow
+
     from prefect_ml.runtime import tracking
 
     out = state.result()
     runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
-    assert STEPS <= set(runs) and any(n.startswith("gate-auc") for n in runs)
+    assert set(runs) >= STEPS and any(n.startswith("gate-auc") for n in runs)
     assert any(n == f"register-{model_name}" for n in runs)
     assert all(runs[s].state.is_completed() for s in STEPS)
     for uri in (out["model"], out["metrics"], out["report"]):
@@ -47,7 +48,8 @@ def check_run(state, model_name):
     client = tracking.client()
     children = client.search_runs(
         [tracking.experiment_id("credit-default")],
-        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}' and tags.`prefect_ml.step` = 'evaluate'",
+        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'"
+                      " and tags.`prefect_ml.step` = 'evaluate'",
     )
     assert children and children[0].data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert children[0].data.tags["mlflow.parentRunId"]
@@ -55,7 +57,8 @@ def check_run(state, model_name):
     with get_client(sync_client=True) as c:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        artifacts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        artifacts = c.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     gate_md = [a for a in artifacts if a.key == "gate-auc"]
     assert gate_md and "PASSED" in gate_md[0].data
     parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
@@ -106,5 +109,5 @@ def test_credit_default_on_the_real_uci_table(env):
     if not SHARED_DATA.is_file():
         pytest.skip(f"the real UCI table is not at {SHARED_DATA} (it lives in ../shared/data, outside the project)")
     state = credit_default(data=str(SHARED_DATA), min_auc=0.7, registered_model_name="credit_real", return_state=True)
-    out, metrics = check_run(state, "credit_real")
+    _, metrics = check_run(state, "credit_real")
     assert metrics["auc"] > 0.7

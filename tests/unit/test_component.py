@@ -1,19 +1,18 @@
 """Component specs: parsing, validation at definition/load time, and call-time binding."""
 
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from prefect_ml import Input, Output, command, load_component
 from prefect_ml.errors import ComponentError, StepInputError
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 
 def make(tmp_path, **kw):
     base = dict(name="c", code=tmp_path, command="python run.py --x ${{inputs.x}} --o ${{outputs.o}}",
-                inputs={"x": Input(type="number", default=0.5, min=0.0, max=1.0)}, outputs={"o": Output(type="uri_folder")})
+                inputs={"x": Input(type="number", default=0.5, min=0.0, max=1.0)},
+                outputs={"o": Output(type="uri_folder")})
     base.update(kw)
     return command(**base)
 
@@ -49,14 +48,15 @@ def test_yaml_in_azure_form(tmp_path):
         code: .
         environment: azureml:sklearn-cpu:1
         command: python s.py --data ${{inputs.data}} --mode ${{inputs.mode}} $[[--limit ${{inputs.limit}}]] --out ${{outputs.scores}}
-    """)
+    """)  # noqa: E501 - the component file as Azure ML writes it, one line
     c = load_component(p)
     assert (c.name, c.version, c.tags, c.code) == ("score", "2", {"team": "risk"}, tmp_path.resolve())
     assert c.inputs["limit"].optional and c.inputs["mode"].enum == ["fast", "slow"]
 
 
 def test_placeholder_naming_an_undeclared_input(tmp_path):
-    with pytest.raises(ComponentError, match=r"uses \$\{\{inputs.y\}\} but no input 'y' is declared.*declared inputs: \['x'\]"):
+    with pytest.raises(ComponentError,
+                       match=r"uses \$\{\{inputs.y\}\} but no input 'y' is declared.*declared inputs: \['x'\]"):
         make(tmp_path, command="python run.py ${{inputs.y}} ${{outputs.o}}")
 
 
@@ -95,7 +95,8 @@ def test_bad_input_specs(tmp_path, spec, match):
 
 def test_optional_input_outside_fragment_is_refused(tmp_path):
     with pytest.raises(ComponentError, match=r"wrap it as \$\[\["):
-        make(tmp_path, command="python run.py ${{inputs.x}}", inputs={"x": Input(type="string", optional=True)}, outputs={})
+        make(tmp_path, command="python run.py ${{inputs.x}}", inputs={"x": Input(type="string", optional=True)},
+             outputs={})
 
 
 def test_shell_operators_are_refused(tmp_path):
@@ -115,9 +116,9 @@ def test_bind_validates_calls(tmp_path):
     assert c.bind({"x": 1}) == {"x": 1.0}
     with pytest.raises(StepInputError, match=r"component 'c', input 'x': expects a number, got str '0.3'"):
         c.bind({"x": "0.3"})
-    with pytest.raises(StepInputError, match="below the minimum 0.0"):
+    with pytest.raises(StepInputError, match=r"below the minimum 0.0"):
         c.bind({"x": -1})
-    with pytest.raises(StepInputError, match="above the maximum 1.0"):
+    with pytest.raises(StepInputError, match=r"above the maximum 1.0"):
         c.bind({"x": 2})
     with pytest.raises(StepInputError, match=r"unknown input\(s\) \['y'\]"):
         c.bind({"y": 1})

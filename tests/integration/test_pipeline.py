@@ -1,8 +1,7 @@
 """Pipelines as Prefect flows on the process infrastructure, against a real Prefect API and MLflow store."""
 
-import json
-import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +41,8 @@ def tools(tmp_path):
         print("about to fail")
         sys.exit(3)
     """)
-    sleepy = command(name="sleepy", code=code, command="python sleepy.py ${{inputs.seconds}} ${{outputs.out}} ${{inputs.tag}}",
+    sleepy = command(name="sleepy", code=code,
+                     command="python sleepy.py ${{inputs.seconds}} ${{outputs.out}} ${{inputs.tag}}",
                      inputs={"seconds": Input(type="number", default=2.0), "tag": Input(type="string", default="x")},
                      outputs={"out": Output(type="uri_folder")})
     return code, sleepy
@@ -119,7 +119,8 @@ def test_missing_required_input_fails_before_anything_runs(env, tools):
     def p():
         touch()
 
-    with pytest.raises(StepInputError, match=r"component 'touch', input 'n' is required but was not given; pass n=\.\.\."):
+    with pytest.raises(StepInputError,
+                       match=r"component 'touch', input 'n' is required but was not given; pass n=\.\.\."):
         p()
 
     @pipeline
@@ -150,14 +151,16 @@ def test_gate_on_missing_metric_is_an_error(env, tmp_path):
         import json, sys
         json.dump({"auc": 0.8}, open(sys.argv[1], "w"))
     """)
-    metrics = command(name="metrics", code=code, command="python m.py ${{outputs.metrics}}", outputs={"metrics": "metrics"})
+    metrics = command(name="metrics", code=code, command="python m.py ${{outputs.metrics}}",
+                      outputs={"metrics": "metrics"})
 
     @pipeline
     def gated():
         m = metrics()
         return gate(m.outputs.metrics, "auc", ">=", 0.5), gate(m.outputs.metrics, "f1", ">=", 0.5)
 
-    with pytest.raises(GateError, match=r"metric 'f1' is not in the metrics output of step 'metrics'.*available metrics: \['auc'\]"):
+    with pytest.raises(GateError, match=r"metric 'f1' is not in the metrics output of step 'metrics'.*"
+                                        r"available metrics: \['auc'\]"):
         gated()
 
 
@@ -183,7 +186,7 @@ def test_timeout_stops_the_step_process_and_publishes_nothing(env, tmp_path):
     def p():
         return slow(pidfile=str(pidfile)).outputs.o
 
-    with pytest.raises(Exception, match="(?i)timed out|timeout"):
+    with pytest.raises(Exception, match=r"(?i)timed out|timeout"):
         p()
     import os
     import time
@@ -218,10 +221,16 @@ def test_output_streams_into_task_run_logs_while_the_step_runs(env, tmp_path):
     state = p(return_state=True)
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with get_client(sync_client=True) as c:
-        logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-        run = [r for r in task_runs(state.state_details.flow_run_id) if r.name == "talk"][0]
-    ticks = sorted(l.timestamp for l in logs if l.message.startswith("tick "))
+    # logs reach the API through Prefect's background log worker: give the last batch a moment
+    deadline = time.monotonic() + 20
+    while True:
+        with get_client(sync_client=True) as c:
+            logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+            run = next(r for r in task_runs(state.state_details.flow_run_id) if r.name == "talk")
+        ticks = sorted(log.timestamp for log in logs if log.message.startswith("tick "))
+        if len(ticks) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(ticks) == 4
     # the first line was logged (by its own timestamp) well before the step ended
     assert (run.end_time - ticks[0]).total_seconds() > 2

@@ -1,14 +1,13 @@
-"""prefect_ml.storage on a local (file://) artifact root: layout, atomic publish, fingerprints, zero-copy
-passing; remote code paths on fsspec's in-memory filesystem; one reset for every cache."""
+"""prefect_ml.storage on a local (file://) artifact root: layout, atomic publish, fingerprints; remote code
+paths on fsspec's in-memory filesystem; one reset for every cache (zero-copy passing between the steps of
+a pipeline: tests/integration/test_storage_flows.py)."""
 
 import json
 import os
-import textwrap
-from pathlib import Path
 
 import pytest
 
-from prefect_ml import Input, Output, command, pipeline, storage
+from prefect_ml import storage
 from prefect_ml.errors import StorageError
 
 
@@ -155,41 +154,3 @@ def test_caches_clear_resets_every_cache(tmp_path):
     assert storage.filesystem("memory://bucket/x")[0] is not fs
     assert storage.transfer_stats() == storage.TransferStats()
     assert storage.fingerprint(str(f)).startswith("sha256:")
-
-
-def test_one_gib_passes_step_to_step_without_a_copy(env, tmp_path):
-    """A 1 GiB (sparse) file from one step to the next on a file:// root: same inode, zero bytes staged."""
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "big.py").write_text(textwrap.dedent("""
-        import json, os, sys
-        with open(sys.argv[1], "wb") as f:
-            f.truncate(1 << 30)  # sparse: 1 GiB that costs no disk
-        st = os.stat(sys.argv[1])
-        json.dump({"inode": st.st_ino, "size": st.st_size}, open(sys.argv[2], "w"))
-    """))
-    make = command(name="make-big", code=code, command="python big.py ${{outputs.big}} ${{outputs.info}}",
-                   outputs={"big": Output(type="uri_file"), "info": Output(type="metrics")})
-    (code / "use.py").write_text(textwrap.dedent("""
-        import json, os, sys
-        st = os.stat(sys.argv[1])
-        json.dump({"inode": st.st_ino, "size": st.st_size}, open(sys.argv[2], "w"))
-    """))
-    use = command(name="use-big", code=code, command="python use.py ${{inputs.big}} ${{outputs.info}}",
-                  inputs={"big": Input(type="uri_file")}, outputs={"info": Output(type="metrics")})
-
-    @pipeline
-    def big_pipe():
-        a = make()
-        b = use(big=a.outputs.big)
-        return {"big": a.outputs.big, "made": a.outputs.info, "seen": b.outputs.info}
-
-    storage.reset_transfer_stats()
-    out = big_pipe()
-    made = json.loads(storage.local_path(out["made"]).read_text())
-    seen = json.loads(storage.local_path(out["seen"]).read_text())
-    published = storage.local_path(out["big"]).stat()
-    assert published.st_size == seen["size"] == 1 << 30
-    assert made["inode"] == seen["inode"] == published.st_ino  # the consumer read the producer's file
-    stats = storage.transfer_stats()
-    assert stats.bytes_in == stats.bytes_out == 0

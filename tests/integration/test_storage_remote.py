@@ -16,7 +16,6 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,9 +23,9 @@ import pytest
 from prefect_ml import Input, Output, command, pipeline, storage
 from prefect_ml.asset_registry import AssetRegistry
 from prefect_ml.errors import StorageError
-from servers import ServiceUnavailable, azurite, moto_server, skip_or_fail
+from tests.paths import REPO
+from tests.servers import ServiceUnavailable, azurite, moto_server, skip_or_fail
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 
 
@@ -109,7 +108,8 @@ def _tiny(tmp_path):
     code = tmp_path / "tiny"
     code.mkdir(exist_ok=True)
     (code / "w.py").write_text("import sys, pathlib; pathlib.Path(sys.argv[1]).write_text('hi')\n")
-    return command(name="tiny", code=code, command="python w.py ${{outputs.out}}", outputs={"out": Output(type="uri_file")})
+    return command(name="tiny", code=code, command="python w.py ${{outputs.out}}",
+                   outputs={"out": Output(type="uri_file")})
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def _run_credit_default(tmp_path, monkeypatch, root, data_uri, put):
 
 def test_credit_default_on_s3_with_a_data_asset(env, s3, tmp_path, monkeypatch):
     credit_default, out = _run_credit_default(
-        tmp_path, monkeypatch, s3.url("ml"), s3.url("datasets/credit.csv"), lambda src, uri: s3.fs.put_file(src, uri))
+        tmp_path, monkeypatch, s3.url("ml"), s3.url("datasets/credit.csv"), s3.fs.put_file)
     assert s3.fs.exists(f"{s3.bucket}/ml/assets/credit-card/1.json")
 
     # a second run reuses every step from the S3 root: nothing is uploaded again
@@ -155,7 +155,7 @@ def test_credit_default_on_s3_with_a_data_asset(env, s3, tmp_path, monkeypatch):
 
 def test_credit_default_on_azurite_with_a_data_asset(env, abfs, tmp_path, monkeypatch):
     _run_credit_default(tmp_path, monkeypatch, abfs.url("ml"), abfs.url("datasets/credit.csv", scheme="az"),
-                        lambda src, uri: abfs.fs.put_file(src, uri))
+                        abfs.fs.put_file)
     assert abfs.fs.exists(f"{abfs.container}/ml/assets/credit-card/1.json")
 
 
@@ -192,23 +192,22 @@ def test_step_killed_during_upload_publishes_nothing(env, s3, tmp_path, monkeypa
     script.write_text(KILL_SCRIPT)
     root = s3.url("ml")
     monkeypatch.setenv("PREFECT_ML_ARTIFACT_ROOT", root)
-    log = open(tmp_path / "killed.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(script), str(code)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, start_new_session=True)
     uploaded: list[str] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            uploaded = [p for p in s3.fs.find(f"{s3.bucket}/ml/steps") if p.endswith(".bin")]
-            if uploaded:
-                os.killpg(proc.pid, signal.SIGKILL)  # the orchestrating process dies mid-upload
-                break
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), str(code)], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                uploaded = [p for p in s3.fs.find(f"{s3.bucket}/ml/steps") if p.endswith(".bin")]
+                if uploaded:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the orchestrating process dies mid-upload
+                    break
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     assert uploaded, f"the upload never started; log:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
     key, killed_attempt = uploaded[0].split("/steps/")[1].split("/")[:2]
     assert not s3.fs.exists(f"{s3.bucket}/ml/steps/{key}/_COMPLETE.json"), "killed too late: the marker was written"
@@ -293,10 +292,11 @@ def test_missing_bucket(env, s3, tmp_path):
     def to_missing_bucket():
         return tiny().outputs.out
 
-    with pytest.raises(StorageError, match=r"the bucket 'no-such-bucket-4711' .* does not exist; create it or fix the URI"):
+    with pytest.raises(StorageError,
+                       match=r"the bucket 'no-such-bucket-4711' .* does not exist; create it or fix the URI"):
         to_missing_bucket()
     assert not s3.fs.exists("no-such-bucket-4711")
-    with pytest.raises(StorageError, match="the bucket 'no-such-bucket-4711' .*does not exist"):
+    with pytest.raises(StorageError, match=r"the bucket 'no-such-bucket-4711' .*does not exist"):
         storage.fingerprint("s3://no-such-bucket-4711/data.csv")
 
 
@@ -307,7 +307,8 @@ def test_missing_container(env, abfs, tmp_path):
     def to_missing_container():
         return tiny().outputs.out
 
-    with pytest.raises(StorageError, match=r"the container 'no-such-container' .* does not exist; create it or fix the URI"):
+    with pytest.raises(StorageError,
+                       match=r"the container 'no-such-container' .* does not exist; create it or fix the URI"):
         to_missing_container()
     assert not abfs.fs.exists("no-such-container")
 
@@ -323,7 +324,8 @@ def test_wrong_s3_credentials(env, s3, tmp_path, monkeypatch, capfd):
     with moto_auth(s3.endpoint):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        with pytest.raises(StorageError, match=r"access denied: the s3:// credentials were rejected.*AWS_ACCESS_KEY_ID") as err:
+        with pytest.raises(StorageError,
+                           match=r"access denied: the s3:// credentials were rejected.*AWS_ACCESS_KEY_ID") as err:
             with_wrong_key()
     assert secret not in str(err.value)
     captured = capfd.readouterr()
@@ -333,14 +335,16 @@ def test_wrong_s3_credentials(env, s3, tmp_path, monkeypatch, capfd):
 
 def test_wrong_azure_credentials(env, abfs, tmp_path, monkeypatch, capfd):
     bad_key = "WRONG" + abfs.info["account_key"][5:]
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", abfs.info["connection_string"].replace(abfs.info["account_key"], bad_key))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       abfs.info["connection_string"].replace(abfs.info["account_key"], bad_key))
     tiny = _tiny(tmp_path)
 
     @pipeline(artifact_root=abfs.url("ml"))
     def with_wrong_key():
         return tiny().outputs.out
 
-    with pytest.raises(StorageError, match=r"access denied: the abfs:// credentials were rejected.*AZURE_STORAGE_CONNECTION_STRING") as err:
+    with pytest.raises(StorageError, match=r"access denied: the abfs:// credentials were rejected.*"
+                                           r"AZURE_STORAGE_CONNECTION_STRING") as err:
         with_wrong_key()
     assert bad_key not in str(err.value)
     captured = capfd.readouterr()
@@ -378,7 +382,8 @@ def test_s3_data_asset_change_detection_and_snapshot(s3, ml_home, monkeypatch):
     snap = reg.register("raw", "2", s3.url("raw"), snapshot=True)  # server-side copy under the root
     assert v1.type == snap.type == "uri_folder" and snap.uri == s3.url("ml/assets/raw/2/data/raw")
     s3.fs.pipe(f"{s3.bucket}/raw/b.csv", b"3,5\n")  # same size, new content: the ETag changes
-    with pytest.raises(DataAssetError, match=r"data asset 'raw' version 1 changed since registration.*'b.csv' content changed"):
+    with pytest.raises(DataAssetError,
+                       match=r"data asset 'raw' version 1 changed since registration.*'b.csv' content changed"):
         reg.resolve("raw", "1")
     assert reg.resolve("raw", "latest") == snap.uri
     assert s3.fs.cat(f"{s3.bucket}/ml/assets/raw/2/data/raw/b.csv") == b"3,4\n"

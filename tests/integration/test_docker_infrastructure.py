@@ -1,5 +1,6 @@
 """Steps in Docker against the real engine: the credit-default flow, log streaming, exit codes, OOM,
-timeout, cancellation, GPU requests on a host without GPUs, and bad input."""
+timeout, cancellation, GPU requests on a host without GPUs, and bad input (block settings and an
+unreachable engine, no engine needed: tests/unit/test_docker_infrastructure_offline.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require
+from tests.conftest import require
+from tests.paths import REPO
 from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
 
 MANAGED = "prefect-ml.managed"
@@ -86,7 +88,8 @@ def step_code(tmp_path: Path, name: str, source: str) -> Path:
 # --- the credit-default pipeline, every step in Docker ----------------------------------------
 
 
-def test_credit_default_every_step_in_docker_registers_a_model(env, base_image, sklearn_cpu_image, monkeypatch, docker_client):
+def test_credit_default_every_step_in_docker_registers_a_model(env, base_image, sklearn_cpu_image, monkeypatch,
+                                                               docker_client):
     monkeypatch.setenv("PREFECT_ML_INFRASTRUCTURE", "docker")
     sys.path.insert(0, str(REPO / "flows"))
     try:
@@ -192,6 +195,7 @@ def test_oom_kill_is_reported_with_the_memory_limit(base_image, tmp_path, docker
     from prefect_ml.infrastructure.base import StepJob
     from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
+    tmp_path.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
     job = StepJob("hog", "python3 -c 'x = bytearray(400 * 1024 * 1024)'", tmp_path, {}, {}, {},
                   labels={"prefect-ml.step": "hog"})
     outcome = DockerStepInfrastructure(mem_limit="64m").run(job, lambda line: None)
@@ -204,6 +208,7 @@ def test_timeout_stops_and_removes_the_container(env, base_image, tmp_path, dock
     from prefect_ml import command, pipeline
 
     name = f"sleepy_{uuid.uuid4().hex[:8]}"
+    tmp_path.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
     sleepy = command(name=name, code=tmp_path, command="sleep 300", cache=False, timeout=3)
 
     @pipeline(name="times-out", infrastructure="docker")
@@ -238,6 +243,7 @@ def test_cancelled_run_removes_its_container(env, base_image, tmp_path, docker_c
     from prefect.settings import get_current_settings
 
     name = f"cancel_{uuid.uuid4().hex[:8]}"
+    tmp_path.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
     script = tmp_path / "run_cancelled.py"
     script.write_text(CANCEL_SCRIPT)
     child_env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url),
@@ -253,7 +259,8 @@ def test_cancelled_run_removes_its_container(env, base_image, tmp_path, docker_c
             if running:
                 break
             time.sleep(0.3)
-        assert running, f"the step's container never started; output:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+        assert running, ("the step's container never started; output:\n"
+                         f"{proc.stdout.read() if proc.poll() is not None else ''}")
         t_running = time.monotonic() - started
         proc.send_signal(signal.SIGTERM)
         try:
@@ -264,7 +271,8 @@ def test_cancelled_run_removes_its_container(env, base_image, tmp_path, docker_c
             proc.kill()
             out, _ = proc.communicate()
             pytest.fail(f"the flow process did not end within 90 s of SIGTERM; its output and stacks:\n{out[-8000:]}")
-        print(f"container running after {t_running:.1f} s; process ended {time.monotonic() - started - t_running:.1f} s after SIGTERM")
+        print(f"container running after {t_running:.1f} s; "
+              f"process ended {time.monotonic() - started - t_running:.1f} s after SIGTERM")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -288,40 +296,6 @@ def test_unknown_infrastructure_block_lists_the_saved_ones(env, docker_client):
     assert isinstance(loaded, DockerStepInfrastructure) and loaded.mem_limit == "1g"
 
 
-def test_unreachable_engine_is_a_message_not_a_traceback(tmp_path):
-    from prefect_docker import DockerHost
-
-    from prefect_ml.errors import InfrastructureError
-    from prefect_ml.infrastructure.base import StepJob
-    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
-
-    infra = DockerStepInfrastructure(docker_host=DockerHost(base_url=f"unix://{tmp_path}/no-engine.sock"))
-    with pytest.raises(InfrastructureError) as err:
-        infra.run(StepJob("s", "true", tmp_path, {}, {}, {}), lambda line: None)
-    msg = str(err.value)
-    assert "cannot reach the Docker engine at unix://" in msg and "no-engine.sock" in msg and "Start the engine" in msg
-    assert "Traceback" not in msg and err.value.__cause__ is None
-
-
-@pytest.mark.parametrize("gpus", ["lots", 0, -1, True, "0,x"])
-def test_invalid_gpus_value_is_refused_at_block_creation(gpus):
-    from pydantic import ValidationError
-
-    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
-
-    with pytest.raises(ValidationError, match=r"gpus=.* is not valid"):
-        DockerStepInfrastructure(gpus=gpus)
-
-
-def test_valid_gpus_values_become_device_requests():
-    from prefect_ml.infrastructure.docker import parse_gpus
-
-    assert parse_gpus(None) is None and parse_gpus("none") is None
-    assert parse_gpus("all") == {"count": -1, "capabilities": [["gpu"]]}
-    assert parse_gpus(2) == {"count": 2, "capabilities": [["gpu"]]}
-    assert parse_gpus(["0", "1"]) == {"device_ids": ["0", "1"], "capabilities": [["gpu"]]}
-
-
 def test_gpu_step_on_a_host_without_gpu_fails_fast_naming_block_and_driver(env, base_image, tmp_path, docker_client):
     if "nvidia" in (docker_client.info().get("Runtimes") or {}):
         pytest.skip("this host has the NVIDIA runtime")
@@ -330,6 +304,7 @@ def test_gpu_step_on_a_host_without_gpu_fails_fast_naming_block_and_driver(env, 
     from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
     DockerStepInfrastructure(gpus="all").save("gpu-test", overwrite=True)
+    tmp_path.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
     infra = DockerStepInfrastructure.load("gpu-test")
     job = StepJob("gpu-step", "nvidia-smi", tmp_path, {}, {}, {}, labels={"prefect-ml.step": "gpu-step"})
     with pytest.raises(InfrastructureError, match=r"infrastructure block 'gpu-test'.*requests GPUs.*NVIDIA driver"):
@@ -344,7 +319,8 @@ def test_missing_base_image_with_pull_policy_never_starts_nothing(env, tmp_path,
 
     monkeypatch.setenv("PREFECT_ML_BASE_IMAGE", "prefect-ml/no-such-base:1")
     job = StepJob("nobase", "true", tmp_path, {}, {}, {}, labels={"prefect-ml.step": "nobase"})
-    with pytest.raises(EnvironmentSpecError, match=r"'prefect-ml/no-such-base:1' does not exist locally and the pull policy is 'never'.*prefect-ml env base-image"):
+    with pytest.raises(EnvironmentSpecError, match=r"'prefect-ml/no-such-base:1' does not exist locally and "
+                                                   r"the pull policy is 'never'.*prefect-ml env base-image"):
         DockerStepInfrastructure(pull_policy="never").run(job, lambda line: None)
     assert not ours(docker_client, **{"prefect-ml.step": "nobase"})
 

@@ -9,16 +9,17 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_ml import command, gate, load_component, pipeline
-from prefect_ml.errors import StepFailed
 from prefect_ml.dsl.pipeline import plan
+from prefect_ml.errors import StepFailed
 from prefect_ml.samples import credit_default_sample
-from tests.conftest import REPO
+from tests.paths import REPO
 
 
 def states(flow_state) -> dict[str, str]:
     """Step name -> final state name ('Completed' = ran, 'Cached' = reused)."""
     with get_client(sync_client=True) as c:
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+        flow_run_id = flow_state.state_details.flow_run_id
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {r.name: r.state.name for r in runs if not r.name.startswith(("gate", "register"))}
 
 
@@ -42,7 +43,8 @@ def credit(tmp_path, env):
         p = prep(data=str(data))
         m = train(train_data=p.outputs.train_data, learning_rate=learning_rate, n_estimators=10)
         r = evaluate(model=m.outputs.model, test_data=p.outputs.test_data)
-        return {"model": m.outputs.model, "metrics": r.outputs.metrics, "passed": gate(r.outputs.metrics, "auc", ">=", min_auc)}
+        return {"model": m.outputs.model, "metrics": r.outputs.metrics,
+                "passed": gate(r.outputs.metrics, "auc", ">=", min_auc)}
 
     credit.components = components
     return credit
@@ -84,7 +86,8 @@ def test_rerun_reuses_exactly_what_is_unchanged(credit):
 
 def test_failed_pipeline_resumes_from_completed_steps(credit, monkeypatch):
     script = credit.components / "evaluate" / "evaluate.py"
-    script.write_text("import os, sys\nif os.environ.get('FAIL_EVALUATE'):\n    sys.exit('evaluate failed on purpose')\n" + script.read_text())
+    fail_first = "import os, sys\nif os.environ.get('FAIL_EVALUATE'):\n    sys.exit('evaluate failed on purpose')\n"
+    script.write_text(fail_first + script.read_text())
     monkeypatch.setenv("FAIL_EVALUATE", "1")
     with pytest.raises(StepFailed, match="evaluate failed on purpose"):
         credit()
@@ -112,7 +115,8 @@ def test_retry_reruns_only_the_failed_step(env, tmp_path):
     state = retrying(return_state=True)
     assert Path(state.result().removeprefix("file://")).read_text() == "ok"
     with get_client(sync_client=True) as c:
-        run = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))[0]
+        flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        run = c.read_task_runs(flow_run_filter=flow_run_filter)[0]
     assert run.run_count == 2 and run.state.is_completed()
 
 
@@ -128,7 +132,7 @@ def test_two_concurrent_runs_do_not_corrupt_each_other(credit):
     def go():
         try:
             results.append(credit())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=go) for _ in range(2)]

@@ -8,10 +8,7 @@ import uuid
 
 import pytest
 
-try:  # `python -m pytest` from the repo root, or tests/ as a package
-    from tests import servers
-except ImportError:  # tests/ itself on sys.path (rootdir-relative imports)
-    import servers
+from tests import servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -16,7 +16,8 @@ def test_placeholders_marks_fragments():
 
 def test_render_keeps_fragment_when_set_and_drops_when_unset():
     t = "python a.py --x ${{inputs.x}} $[[ --y ${{inputs.y}} ]] --out ${{outputs.o}}"
-    assert ct.render(t, {"x": "1", "y": "2"}, {"o": "/out"}) == ["python", "a.py", "--x", "1", "--y", "2", "--out", "/out"]
+    assert ct.render(t, {"x": "1", "y": "2"}, {"o": "/out"}) == [
+        "python", "a.py", "--x", "1", "--y", "2", "--out", "/out"]
     assert ct.render(t, {"x": "1", "y": None}, {"o": "/out"}) == ["python", "a.py", "--x", "1", "--out", "/out"]
 
 
@@ -24,9 +25,11 @@ def test_placeholder_inside_a_word_is_substituted():
     assert ct.render("python a.py --x=${{inputs.x}}", {"x": "a b"}, {}) == ["python", "a.py", "--x=a b"]
 
 
-@pytest.mark.parametrize("value", ["a b", "it's \"quoted\"", "x; rm -rf /tmp/nope", "a | cat", "$(touch /tmp/pwned)", "`id`", "$HOME", "\\n"])
+@pytest.mark.parametrize("value", [
+    "a b", "it's \"quoted\"", "x; rm -rf /tmp/nope", "a | cat", "$(touch /tmp/pwned)", "`id`", "$HOME", "\\n"])
 def test_values_reach_the_program_literally(value, tmp_path):
-    argv = ct.render("python -c ${{inputs.code}} ${{inputs.v}}", {"code": "import sys; print(sys.argv[1])", "v": value}, {})
+    argv = ct.render("python -c ${{inputs.code}} ${{inputs.v}}",
+                     {"code": "import sys; print(sys.argv[1])", "v": value}, {})
     argv[0] = sys.executable
     out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out == value + "\n"

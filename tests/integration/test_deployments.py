@@ -1,6 +1,6 @@
 """Deployments against a real Prefect server and real workers (prefect.yaml, `prefect-ml init`).
 
-One `prefect server start` on 127.0.0.1 serves the whole session (tests/test_ui.py shares it
+One `prefect server start` on 127.0.0.1 serves the whole session (tests/integration/test_ui.py shares it
 through `deploy_stack`); `prefect-ml init` and `prefect --no-prompt deploy --all` run once, from
 the repo root, exactly as a user types them. Workers are `prefect worker start` subprocesses;
 steps of the CPU deployment run on `process` infrastructure (PREFECT_ML_INFRASTRUCTURE) to keep
@@ -18,20 +18,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 
-try:  # `python -m pytest` from the repo root, or tests/ as a package
-    from tests.servers import (DEFAULT_BASE_IMAGE, ServerError, ServiceUnavailable, docker_available,
-                               docker_image_available, prefect_server, skip_or_fail)
-except ImportError:  # tests/ itself on sys.path
-    from servers import (DEFAULT_BASE_IMAGE, ServerError, ServiceUnavailable, docker_available,
-                         docker_image_available, prefect_server, skip_or_fail)
+from tests.paths import REPO
+from tests.servers import (
+    DEFAULT_BASE_IMAGE,
+    ServerError,
+    ServiceUnavailable,
+    docker_available,
+    docker_image_available,
+    prefect_server,
+    skip_or_fail,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT = 600  # seconds for one credit-default run under a worker on a busy 2-core box
@@ -53,14 +56,14 @@ class Stack:
     env: dict[str, str]
     init_output: str
     init_args: list[str] = field(default_factory=list)
-    workers: dict[str, "Worker"] = field(default_factory=dict)
-    cpu_run_id: Optional[str] = None  # the first `credit-default/cpu` run (tests share it)
+    workers: dict[str, Worker] = field(default_factory=dict)
+    cpu_run_id: str | None = None  # the first `credit-default/cpu` run (tests share it)
 
     @property
     def ui_url(self) -> str:
         return self.api_url[: -len("/api")]
 
-    def api(self, method: str, path: str, body: Optional[dict] = None):
+    def api(self, method: str, path: str, body: dict | None = None):
         """One API call; retried like Prefect's client does when the busy SQLite server says 503."""
         import httpx
 
@@ -78,13 +81,15 @@ class Stack:
         resp.raise_for_status()
         return resp.json()
 
-    def cli(self, *args: str, check: bool = True, env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [str(a) for a in args], cwd=REPO, env={**self.env, **(env or {})}, capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
         )
         if check and proc.returncode != 0:
-            pytest.fail(f"{' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            pytest.fail(f"{' '.join(map(str, args))} exited {proc.returncode}:\n"
+                        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
     def run_deployment(self, name: str, *params: str) -> str:
@@ -128,7 +133,7 @@ class Stack:
 class Worker:
     """A `prefect worker start` subprocess with its own log file."""
 
-    def __init__(self, stack: Stack, pool: str, name: str, limit: Optional[int] = None, env: Optional[dict] = None):
+    def __init__(self, stack: Stack, pool: str, name: str, limit: int | None = None, env: dict | None = None):
         self.name = name
         self.log_path = stack.tmp / f"worker-{name}.log"
         home = stack.tmp / f"worker-{name}-home"
@@ -199,7 +204,7 @@ _shared: dict[str, Stack] = {}
 def deploy_stack(tmp_path_factory) -> Iterator[Stack]:
     """Server + `prefect-ml init` + `prefect --no-prompt deploy --all` + one `ml-cpu` worker.
 
-    Shared by this module and tests/test_ui.py (memoised, so importing the fixture there does not
+    Shared by this module and tests/integration/test_ui.py (memoised, so importing the fixture there does not
     start a second server).
     """
     if "stack" in _shared:
@@ -436,8 +441,12 @@ def test_two_workers_share_runs(deploy_stack: Stack, cpu_run: dict):
 
         client = MlflowClient(tracking_uri=f"sqlite:///{stack.ml_home / 'mlflow.db'}")
         versions = client.search_model_versions("name='credit_defaults_model'")
-        by_run = {v.tags.get("prefect_ml.flow_run_id") for v in versions}
-        assert set(run_ids) <= by_run
+        # the three runs trained the same model (same train key): a run that registers after another
+        # points the alias at that version instead of adding a duplicate (two runs registering at the
+        # same instant can still both add one: the check is not a lock; see docs/models.md)
+        same = [v for v in versions if v.tags.get("prefect_ml.source_cache_key") in keys]
+        assert 1 <= len(same) <= len(run_ids)
+        assert all(v.tags.get("prefect_ml.flow_run_id") in run_ids for v in same)
         assert len({v.version for v in versions}) == len(versions)
     finally:
         second.stop()
