@@ -143,7 +143,7 @@ def _docker_block(image: str | None, gpus: str | None) -> Callable[[], Block]:
     def make():
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
-        fields: dict[str, Any] = {"network_mode": "host"}
+        fields: dict[str, Any] = {}  # network "none" (the default): a step needs no network
         if gpus:
             fields["gpus"] = gpus
         if image:

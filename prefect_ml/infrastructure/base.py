@@ -7,7 +7,7 @@ task does everything else (inputs, cache, publish, tracking), so process and Doc
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +31,13 @@ class StepJob:
     environment: str | None = None
     timeout: float | None = None
 
-    def argv(self, path: Callable[[Path], str] = str) -> list[str]:
-        """The command as an argv list; `path` maps host paths to the runtime's paths."""
+    def argv(self, path: Callable[[Path], str] = str, env: Mapping[str, str] | None = None) -> list[str]:
+        """The command as an argv list; `path` maps host paths to the runtime's paths, and `$VAR`s in
+        the template are expanded from `env` (the step's environment as the runtime sets it)."""
         inputs = dict(self.values)
         inputs.update({k: path(v) for k, v in self.data_inputs.items()})
         outputs = {k: path(v) for k, v in self.outputs.items()}
-        return command_template.render(self.command, inputs, outputs)
+        return command_template.render(self.command, inputs, outputs, env)
 
 
 @dataclass

@@ -1,14 +1,23 @@
 """Run one step's command in a Docker container: mounts, create, start, stream, wait, clean up.
 
-What the container sees (the step contract):
+What the container sees (the step contract; docs/docker.md lists the same):
     /prefect-ml/code              the component's code dir, read-only, the working directory
     /prefect-ml/inputs/<name>     each data input, read-only (a local input is bind-mounted where it
                                   lives, never copied; a file keeps its name: .../<name>/<file>)
     /prefect-ml/outputs/<output>  the attempt's staging dir, read-write (outputs that do not exist yet,
                                   such as an mlflow_model dir, can be created there)
-    the MLflow SQLite store       when MLFLOW_TRACKING_URI is sqlite:///..., its directory at the same path
-Placeholders render to these paths. The container runs with network mode `host` and, by default,
-as the host's uid:gid, so the outputs belong to the user who runs the pipeline.
+    /prefect-ml/mlruns            a fresh, private MLflow file store for this step (read-write; the
+                                  "relay"): what the step logs there is copied into the step's real
+                                  MLflow run by the host afterwards, and the dir is then deleted
+Nothing else of the host is mounted: not PREFECT_ML_HOME, not the artifact root, not the MLflow store.
+Containers run with network mode `none` and, by default, as a non-root user (the host's uid:gid, or
+65534:65534 "nobody" when the pipeline runs as root); the output dirs are handed to that user before
+the run and back to the host user after it. A block can opt into `network_mode="host"` (then an
+http(s) MLflow tracking URI is passed through unchanged) and another `user`.
+
+Every container carries the labels `prefect-ml.managed=true` and `prefect-ml.owner=<host>:<pid>:<start>`
+(the pipeline process); a later run's first Docker step (and `prefect-ml gc`) removes containers whose
+owner process has ended: those a `kill -9` of a pipeline left behind.
 
 This module is the code that runs a container; what to run it with is `ContainerOptions`, which the
 block `prefect_ml.infrastructure.docker.DockerStepInfrastructure` makes from its fields (the shape of
@@ -19,11 +28,18 @@ inside the functions.
 from __future__ import annotations
 
 import atexit
+import json
+import math
 import os
 import shlex
+import shutil
+import socket
+import stat
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +53,22 @@ from prefect_ml.infrastructure.docker_client import short_error
 CODE_DIR = "/prefect-ml/code"
 INPUTS_DIR = "/prefect-ml/inputs"
 OUTPUTS_DIR = "/prefect-ml/outputs"
+RELAY_DIR = "/prefect-ml/mlruns"
 CA_PATH = "/etc/prefect-ml/ca-bundle.crt"
 MANAGED_LABEL = "prefect-ml.managed"
+OWNER_LABEL = "prefect-ml.owner"
+FLOW_RUN_LABEL = "prefect-ml.flow-run-id"
+NOBODY = "65534:65534"  # Debian's nobody:nogroup; the default user when the pipeline runs as root
+DEFAULT_NETWORK = "none"
 GPU_DRIVER_ERROR = "could not select device driver"
 
 Log = Callable[[str], None]
+
+
+def default_user() -> str:
+    """The container user when a block sets none: the host's uid:gid, or nobody when that is root."""
+    uid = os.getuid()
+    return NOBODY if uid == 0 else f"{uid}:{os.getgid()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +76,8 @@ class ContainerOptions:
     """How to run step containers: what a `DockerStepInfrastructure` block configures, as plain data."""
 
     who: str  # names the configuration in messages, e.g. "infrastructure block 'cpu' (DockerStepInfrastructure)"
-    network_mode: str = "host"
-    user: str | None = None  # None: the host's uid:gid
+    network_mode: str = DEFAULT_NETWORK
+    user: str | None = None  # None: `default_user()`
     env: Mapping[str, str] = field(default_factory=dict)
     volumes: tuple[tuple[str, str, bool], ...] = ()  # (host, container, read_only)
     mem_limit: str | None = None
@@ -63,7 +90,104 @@ class ContainerOptions:
 
     @property
     def run_as(self) -> str:
-        return self.user or f"{os.getuid()}:{os.getgid()}"
+        return self.user or default_user()
+
+
+def _ids(user: str) -> tuple[int | None, int | None]:
+    """(uid, gid) of a `uid[:gid]` user; None for a part that is a name (resolved only in the image)."""
+    uid_s, _, gid_s = user.partition(":")
+    uid = int(uid_s) if uid_s.isdigit() else (0 if uid_s == "root" else None)
+    gid = int(gid_s) if gid_s.isdigit() else (0 if gid_s == "root" else None)
+    return uid, gid
+
+
+# --- who owns a container: the pipeline process (for sweeping what a kill -9 left behind) ------------
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat): with the pid
+    it names one process, even after the pid is reused. None when the process does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the name in (...) may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_label() -> str:
+    """`<hostname>:<pid>:<start time>` of this process."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by an owner label still runs; None when it is another host's."""
+    try:
+        host, pid_s, start = owner.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    return _start_time(pid) == start
+
+
+def orphaned_containers(client, *, unowned_older_than: float | None = None) -> list:
+    """Step containers whose pipeline process has ended (on this host): left behind by a kill -9.
+
+    Containers of another host's pipelines are never listed. A container without an owner label
+    (made by an older prefect-ml) is listed only with `unowned_older_than` (seconds), once it has
+    stopped and been created that long ago (`prefect-ml gc`): its owner cannot be checked.
+    """
+    found = []
+    now = time.time()
+    for c in client.containers.list(all=True, filters={"label": [MANAGED_LABEL]}):
+        owner = (c.labels or {}).get(OWNER_LABEL)
+        if owner is None:
+            if unowned_older_than is not None and c.status in ("exited", "dead", "created"):
+                created = _created_at(c.attrs.get("Created", ""))
+                if created is not None and now - created > unowned_older_than:
+                    found.append(c)
+        elif owner_alive(owner) is False:
+            found.append(c)
+    return found
+
+
+def _created_at(value: str) -> float | None:
+    """Seconds since the epoch of Docker's `Created` timestamp (RFC 3339 with nanoseconds)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return None
+
+
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def sweep_orphans(client, log: Log) -> int:
+    """Once per process and engine: remove the step containers of pipeline processes that have ended."""
+    engine = str(getattr(client.api, "base_url", ""))
+    with _swept_lock:
+        if engine in _swept:
+            return 0
+        _swept.add(engine)
+    removed = 0
+    try:
+        for c in orphaned_containers(client):
+            try:
+                c.remove(force=True)
+                removed += 1
+            except Exception:
+                pass
+    except Exception:
+        return removed
+    if removed:
+        log(f"removed {removed} leftover step container(s) of pipeline processes that ended without cleaning up")
+    return removed
 
 
 # Containers this process started and has not removed yet: removed at interpreter exit too, so a
@@ -91,24 +215,59 @@ def run_container(client, job: StepJob, image: str, options: ContainerOptions, l
 
     A timeout (`job.timeout`) or a cancelled flow run stops and removes the container and raises.
     """
+    sweep_orphans(client, log)
     bundle = ca_bundle(explicit_only=True)  # the runtime CA bundle: only an explicitly configured one
-    mounts, path_map = container_mounts(job, options, bundle)
-    argv = job.argv(path_map)
-    log(f"command: {shlex.join(argv)} (image {image})")
-    env = container_environment(job, options, bundle)
-    return _run(client, job, image, argv, env, mounts, options, log)
+    with mlflow_relay(job, options, log) as relay:
+        mounts, path_map = container_mounts(job, options, bundle, relay=relay)
+        env = container_environment(job, options, bundle, relay=relay)
+        argv = job.argv(path_map, env)
+        log(f"command: {shlex.join(argv)} (image {image}, user {options.run_as}, network {options.network_mode})")
+        return _run(client, job, image, argv, env, mounts, options, log)
 
 
-def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | None = None):
+def _readable_by(path: Path, uid: int, gid: int | None, *, directory: bool) -> bool:
+    """Whether `uid`/`gid` may read `path` (and enter it, for a directory), from its mode bits alone."""
+    st = path.stat()
+    need = 0o5 if directory else 0o4
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & need == need
+    if gid is not None and st.st_gid == gid:
+        return (st.st_mode >> 3) & need == need
+    return st.st_mode & need == need
+
+
+def _check_readable(job: StepJob, options: ContainerOptions, what: str, path: Path) -> None:
+    """Fail before anything starts when the container user cannot read a mounted code dir or input
+    (e.g. `--param data=file:///etc/shadow`, or a 0700 dir): say why and what to do."""
+    uid, gid = _ids(options.run_as)
+    if uid is None:  # a user name: only the image knows its uid
+        return
+    if _readable_by(path, uid, gid, directory=path.is_dir()):
+        return
+    st = path.stat()
+    raise InfrastructureError(
+        f"step '{job.step_name}': {what} {path} is not readable by the container user {options.run_as} "
+        f"(mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}); steps in Docker run as a non-root user. "
+        "Make it readable (e.g. chmod o+rX), or set `user` on the infrastructure block to a user that may read it."
+    )
+
+
+def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
+                     relay: Path | None = None):
     """The bind mounts of a step's container, and a function host path -> path in the container."""
     from docker.types import Mount
 
-    mounts: list = [Mount(CODE_DIR, str(Path(job.code_dir).resolve()), type="bind", read_only=True)]
+    code = Path(job.code_dir).resolve()
+    _check_readable(job, options, "the code dir", code)
+    mounts: list = [Mount(CODE_DIR, str(code), type="bind", read_only=True)]
     path_map: dict[str, str] = {}
     for name, host in job.data_inputs.items():
         host = Path(host).resolve()
         if not host.exists():
             raise InfrastructureError(f"step '{job.step_name}': input '{name}' does not exist at {host}.")
+        _check_readable(job, options, f"input '{name}'", host)
         target = f"{INPUTS_DIR}/{name}"
         if host.is_file():
             target = f"{target}/{host.name}"
@@ -123,12 +282,8 @@ def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | Non
             rp = Path(p).resolve()
             if str(rp.parent) == parent:
                 path_map[str(rp)] = f"{target}/{rp.name}"
-    uri = job.env.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith("sqlite:///"):
-        # the store is a file on the host: the container uses it at the same path
-        db_dir = Path(uri.removeprefix("sqlite:///")).parent
-        db_dir.mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(str(db_dir), str(db_dir), type="bind", read_only=False))
+    if relay is not None:
+        mounts.append(Mount(RELAY_DIR, str(relay), type="bind", read_only=False))
     for src, dst, read_only in options.volumes:
         mounts.append(Mount(dst, src, type="bind", read_only=read_only))
     if bundle:
@@ -140,9 +295,15 @@ def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | Non
     return mounts, to_container
 
 
-def container_environment(job: StepJob, options: ContainerOptions, bundle: Path | None = None) -> dict[str, str]:
+def container_environment(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
+                          relay: Path | None = None) -> dict[str, str]:
     """The step's environment variables in the container."""
     env = {**options.env, **job.env, "PYTHONUNBUFFERED": "1"}
+    if relay is not None:
+        # the step logs into its private file store; the host copies it into the real run afterwards
+        env.update(MLFLOW_TRACKING_URI=f"file://{RELAY_DIR}", MLFLOW_ALLOW_FILE_STORE="true")
+        env.pop("MLFLOW_REGISTRY_URI", None)
+        env.setdefault("GIT_PYTHON_REFRESH", "quiet")  # images have no git: mlflow warns at length
     if options.run_as.split(":")[0] not in ("0", "root"):
         env.setdefault("HOME", "/tmp")  # a host uid has no home in the image; libraries want a writable one
     if bundle:
@@ -151,14 +312,221 @@ def container_environment(job: StepJob, options: ContainerOptions, bundle: Path 
     return env
 
 
+# --- MLflow inside a step: the relay ------------------------------------------------------------------
+#
+# Images hold mlflow-skinny (no SQL store), and the host's store must stay out of reach of the step
+# (it holds every run and the model registry). So unless the tracking URI is an http(s) server the
+# container may reach (network_mode "host"), the step gets a fresh MLflow file store of its own with
+# its run already in it (same run id as MLFLOW_RUN_ID, so `mlflow.start_run()` resumes it), and the
+# host copies what was logged there (params, metrics with their history, tags, artifacts) into the
+# real run after the step. What the container wrote is untrusted: links and special files are
+# skipped, sizes are bounded.
+
+RELAY_EXPERIMENT = "0"
+RELAY_MAX_FILES = 10_000
+RELAY_MAX_VALUE = 6_000  # MLflow's param value limit; tags are cut at 5000 as elsewhere
+RELAY_MAX_METRIC_BYTES = 16 * 1024 * 1024
+
+
+def relay_needed(job: StepJob, options: ContainerOptions) -> bool:
+    """True unless the step has no MLflow run, or can reach an http(s) tracking server itself."""
+    uri = job.env.get("MLFLOW_TRACKING_URI", "")
+    if not uri or not job.env.get("MLFLOW_RUN_ID"):
+        return False
+    return not (uri.startswith(("http://", "https://")) and options.network_mode == "host")
+
+
+@contextmanager
+def mlflow_relay(job: StepJob, options: ContainerOptions, log: Log) -> Iterator[Path | None]:
+    """A private MLflow file store for the step (None when not needed), relayed into the real run after."""
+    if not relay_needed(job, options):
+        yield None
+        return
+    from prefect_ml.settings import get_settings
+
+    base = get_settings().home_path / "staging"
+    base.mkdir(parents=True, exist_ok=True)
+    relay = Path(tempfile.mkdtemp(prefix="mlruns-", dir=base))
+    try:
+        _init_relay_store(relay, job.env["MLFLOW_RUN_ID"], job.step_name)
+        _grant(relay, options, recursive=True)
+        yield relay
+        try:
+            inputs = {**job.values, **{k: None for k in job.data_inputs}}
+            n = relay_into_run(relay, job.env["MLFLOW_TRACKING_URI"], job.env["MLFLOW_RUN_ID"], log, inputs)
+            if n:
+                log(f"MLflow: copied {n} value(s) the step logged into its run {job.env['MLFLOW_RUN_ID']}")
+        except Exception as exc:  # the step's result does not depend on its extra logging
+            log(f"warning: could not copy what the step logged to MLflow into its run: {type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(relay, ignore_errors=True)
+
+
+def _init_relay_store(relay: Path, run_id: str, run_name: str) -> None:
+    """An MLflow file store holding experiment 0 and the run `run_id` (the layout mlflow's FileStore reads)."""
+    now = int(time.time() * 1000)
+    exp = relay / RELAY_EXPERIMENT
+    run = exp / run_id
+    for sub in ("metrics", "params", "tags", "artifacts"):
+        (run / sub).mkdir(parents=True)
+    (exp / "meta.yaml").write_text(
+        f"artifact_location: file://{RELAY_DIR}/{RELAY_EXPERIMENT}\ncreation_time: {now}\n"
+        f"experiment_id: '{RELAY_EXPERIMENT}'\nlast_update_time: {now}\nlifecycle_stage: active\nname: Default\n")
+    (run / "meta.yaml").write_text(
+        f"artifact_uri: file://{RELAY_DIR}/{RELAY_EXPERIMENT}/{run_id}/artifacts\nend_time: null\n"
+        f"entry_point_name: ''\nexperiment_id: '{RELAY_EXPERIMENT}'\nlifecycle_stage: active\nrun_id: {run_id}\n"
+        f"run_name: {json.dumps(run_name)}\nrun_uuid: {run_id}\nsource_name: ''\nsource_type: 4\nsource_version: ''\n"
+        f"start_time: {now}\nstatus: 1\ntags: []\nuser_id: prefect-ml\n")
+
+
+def _regular_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative name, path) of the regular files under `root`; links and special files are skipped."""
+    if root.is_symlink() or not root.is_dir():
+        return
+    for dirpath, _dirs, files in os.walk(root):  # followlinks=False: a linked dir is not entered
+        for name in files:
+            path = Path(dirpath) / name
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                yield str(path.relative_to(root)), path
+
+
+def _read_small(path: Path, limit: int) -> str | None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data.decode("utf-8", "replace")
+
+
+def read_relay(relay: Path) -> tuple[dict[str, str], list[tuple[str, float, int, int]], dict[str, str], list[Path]]:
+    """What the step logged in its relay store: params, metrics (key, value, timestamp, step), tags
+    (MLflow's own `mlflow.*` tags left out) and artifact dirs, over every run in the store."""
+    params: dict[str, str] = {}
+    metrics: list[tuple[str, float, int, int]] = []
+    tags: dict[str, str] = {}
+    artifacts: list[Path] = []
+    count = 0
+    for exp in sorted(p for p in relay.iterdir() if p.is_dir() and not p.is_symlink()):
+        for run in sorted(p for p in exp.iterdir() if p.is_dir() and not p.is_symlink()):
+            for key, path in _regular_files(run / "params"):
+                count += 1
+                value = _read_small(path, RELAY_MAX_VALUE)
+                if value is not None and count <= RELAY_MAX_FILES:
+                    params[key] = value
+            for key, path in _regular_files(run / "tags"):
+                count += 1
+                value = _read_small(path, RELAY_MAX_VALUE)
+                if value is not None and count <= RELAY_MAX_FILES and (
+                        not key.startswith("mlflow.") or key == "mlflow.note.content"):
+                    tags[key] = value[:5000]
+            for key, path in _regular_files(run / "metrics"):
+                count += 1
+                text = _read_small(path, RELAY_MAX_METRIC_BYTES)
+                if text is None or count > RELAY_MAX_FILES:
+                    continue
+                for line in text.splitlines():
+                    parts = line.split()
+                    try:
+                        ts, number, step = int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+                    except (ValueError, IndexError):
+                        continue
+                    if math.isfinite(number):
+                        metrics.append((key, number, ts, step))
+            if (run / "artifacts").is_dir() and any(True for _ in _regular_files(run / "artifacts")):
+                artifacts.append(run / "artifacts")
+    return params, metrics, tags, artifacts
+
+
+def relay_into_run(relay: Path, tracking_uri: str, run_id: str, log: Log,
+                   inputs: Mapping[str, str | None] | None = None) -> int:
+    """Copy what the step logged in `relay` into the run `run_id` of the real store; how many values.
+
+    `inputs`: the step's input names (their values as text, None for data inputs): the run has them as
+    params already (possibly still queued), and MLflow refuses to change a param, so a step param of
+    the same name is not copied. Each kind is copied on its own: one that fails does not lose the rest.
+    """
+    params, metrics, tags, artifacts = read_relay(relay)
+    if not (params or metrics or tags or artifacts):
+        return 0
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    existing: dict[str, str | None] = {**(inputs or {})}
+    if params:
+        existing.update(client.get_run(run_id).data.params)
+    new_params = []
+    for k, v in params.items():
+        if k in existing:
+            if existing[k] is not None and existing[k] != v:
+                log(f"warning: the step logged param {k!r}={v!r} but its run already has {k}={existing[k]!r} "
+                    "(an input of the step); MLflow params cannot change, so it was not copied")
+            continue
+        new_params.append(Param(k, v))
+    tag_list = [RunTag(k, v) for k, v in tags.items()]
+    metric_list = [Metric(k, v, ts, step) for k, v, ts, step in metrics]
+    done = 0
+    for kind, items, size, field_name in (("params", new_params, 100, "params"), ("tags", tag_list, 100, "tags"),
+                                          ("metrics", metric_list, 1000, "metrics")):
+        try:
+            for i in range(0, len(items), size):
+                client.log_batch(run_id, **{field_name: items[i:i + size]})  # type: ignore[arg-type]
+            done += len(items)
+        except Exception as exc:
+            log(f"warning: could not copy the step's MLflow {kind} into its run: {type(exc).__name__}: {exc}")
+    for art in artifacts:
+        for rel, path in _regular_files(art):
+            parent = str(Path(rel).parent)
+            try:
+                client.log_artifact(run_id, str(path), artifact_path=None if parent == "." else parent)
+                done += 1
+            except Exception as exc:
+                log(f"warning: could not copy the step's MLflow artifact {rel}: {type(exc).__name__}: {exc}")
+    return done
+
+
+# --- ownership of the read-write dirs -----------------------------------------------------------------
+
+
+def _grant(path: Path, options: ContainerOptions, *, recursive: bool = False) -> None:
+    """Let the container user write into a host dir we made for it (an output staging dir, the relay)."""
+    uid, gid = _ids(options.run_as)
+    if uid == os.getuid() or uid == 0:
+        return
+    paths = [path]
+    if recursive:
+        paths += [Path(d) / n for d, dirs, files in os.walk(path) for n in [*dirs, *files]]
+    for p in paths:
+        if os.getuid() == 0 and uid is not None:
+            os.lchown(p, uid, -1 if gid is None else gid)
+        elif not p.is_symlink():
+            p.chmod(0o777 if p.is_dir() else 0o666)  # a user name, or a non-root host: open the dir
+
+
+def _give_back_in_process(paths: list[str]) -> None:
+    """As root on the host: hand the container user's files back to root, never following a link."""
+    uid, gid = os.getuid(), os.getgid()
+    for top in paths:
+        os.lchown(top, uid, gid)
+        for dirpath, dirs, files in os.walk(top):
+            for n in [*dirs, *files]:
+                try:
+                    os.lchown(os.path.join(dirpath, n), uid, gid)
+                except OSError:
+                    pass
+
+
 def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str], mounts: list,
          options: ContainerOptions, log: Log) -> StepOutcome:
     import docker.errors
     from docker.types import DeviceRequest
 
+    for m in mounts:
+        if not m.get("ReadOnly") and m["Target"].startswith(OUTPUTS_DIR):
+            _grant(Path(m["Source"]), options, recursive=True)  # with the output folders made in it
     kwargs: dict[str, Any] = dict(
         image=image, command=argv, working_dir=CODE_DIR, environment=env, mounts=mounts,
-        labels={**job.labels, MANAGED_LABEL: "true"}, network_mode=options.network_mode, user=options.run_as,
+        labels={**job.labels, MANAGED_LABEL: "true", OWNER_LABEL: owner_label()},
+        network_mode=options.network_mode, user=options.run_as,
         detach=True, stdin_open=False, tty=False,
         init=True,  # docker-init as PID 1: forwards SIGTERM to the command, reaps zombies
     )
@@ -182,9 +550,11 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
     tail = LineTail()
     reader: threading.Thread | None = None
     cancelled = task_cancel_event()
+    started = False
     try:
         try:
             container.start()
+            started = True
         except docker.errors.APIError as exc:
             raise _start_error(exc, options) from exc
         reader = threading.Thread(target=_stream_logs, args=(container, log, tail), daemon=True)
@@ -209,12 +579,14 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
                       "or use less memory")
         elif code == 137:
             reason = "killed (SIGKILL)"
-        _fix_ownership(client, image, mounts, options)
         return StepOutcome(exit_code=code, last_lines=list(tail), reason=reason)
     finally:
         _remove(container, options.stop_timeout)
         if reader is not None:
             reader.join(timeout=5)
+        if started:
+            # also after a failure or a stop: the staging dirs are then discarded by the host
+            _fix_ownership(client, image, mounts, options)
 
 
 def _start_error(exc, options: ContainerOptions) -> InfrastructureError:
@@ -254,21 +626,26 @@ def _remove(container, stop_timeout: int) -> None:
 
 
 def _fix_ownership(client, image: str, mounts: list, options: ContainerOptions) -> None:
-    """With a custom `user`, hand the outputs back to the host user (a short root container)."""
+    """Hand what the container user wrote (outputs, the MLflow relay) back to the host user: in this
+    process when it is root, else with a short root container (`chown -R -h`: links are not followed)."""
     host_uid = os.getuid()
-    if not options.user or host_uid == 0 or options.user.split(":")[0] == str(host_uid):
+    uid, _ = _ids(options.run_as)
+    if uid == host_uid or (uid == 0 and host_uid == 0):
+        return
+    targets = [m for m in mounts if not m.get("ReadOnly") and m["Target"].startswith((OUTPUTS_DIR, RELAY_DIR))]
+    if not targets:
+        return
+    if host_uid == 0:
+        _give_back_in_process([m["Source"] for m in targets])
         return
     from docker.types import Mount
 
-    targets = [m for m in mounts if m["Target"].startswith(OUTPUTS_DIR)]
-    if not targets:
-        return
     fix = [Mount(m["Target"], m["Source"], type="bind") for m in targets]
     try:
         client.containers.run(
-            image, ["chown", "-R", f"{host_uid}:{os.getgid()}", *[m["Target"] for m in targets]],
-            mounts=fix, user="0", network_mode=options.network_mode, remove=True,
-            labels={MANAGED_LABEL: "true"},
+            image, ["chown", "-R", "-h", f"{host_uid}:{os.getgid()}", *[m["Target"] for m in targets]],
+            mounts=fix, user="0", network_mode="none", remove=True,
+            labels={MANAGED_LABEL: "true", OWNER_LABEL: owner_label()},
         )
     except Exception as exc:
         raise InfrastructureError(

@@ -95,7 +95,13 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         description="Run every step in this image instead of its environment's image (it must have the step's "
             "dependencies).",
     )
-    network_mode: str = Field(default="host", description="Docker network mode of step containers.")
+    network_mode: str = Field(
+        default="none",
+        description="Docker network mode of step containers: 'none' (default: no network; inputs are staged and "
+            "outputs published by the host) or 'host' (the step reaches loopback services such as an unauthenticated "
+            "Prefect API: see docs/docker.md before choosing it).",
+        examples=["none", "host"],
+    )
     gpus: GpuRequest = Field(
         default=None,
         description="GPUs for the step: none (unset), 'all', a count such as 1, or device ids such as ['0'] / '0,1'.",
@@ -109,8 +115,8 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         "need more than 64m).")
     user: str | None = Field(
         default=None,
-        description="User (uid[:gid]) in the container. Default: the host user running the pipeline, so outputs are "
-            "theirs.",
+        description="User (uid[:gid]) in the container. Default: the host user running the pipeline, or "
+            "65534:65534 (nobody) when that is root. Outputs are handed back to the host user afterwards.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the step.")
     volumes: list[str] = Field(
@@ -161,7 +167,8 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
     @classmethod
     def _validate_network(cls, value):
         if value in ("bridge", "default"):
-            raise ValueError("network_mode 'bridge' is not supported: steps use the host network ('host').")
+            raise ValueError("network_mode 'bridge' is not supported: use 'none' (the default: no network) or "
+                             "'host' (the step needs the network, e.g. an MLflow server or downloads).")
         return value
 
     # --- the executor interface -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prefect.blocks.core import Block
 
 from prefect_ml.errors import InfrastructureError
@@ -12,14 +14,19 @@ BUILTINS = ("process", "docker")
 
 
 def block_types() -> list[type[Block]]:
-    types: list[type[Block]] = [ProcessStepInfrastructure]
+    """Every prefect-ml infrastructure block type (imports the Docker block: see `_types_in_turn`)."""
+    return list(_types_in_turn())
+
+
+def _types_in_turn() -> Iterator[type[Block]]:
+    """The block types one at a time: the Docker block (prefect-docker, ~1 s to import on a small
+    machine) is imported only when a name was not found as a process block."""
+    yield ProcessStepInfrastructure
     try:
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
-
-        types.append(DockerStepInfrastructure)
     except ImportError:  # pragma: no cover - docker support is optional at import time
-        pass
-    return types
+        return
+    yield DockerStepInfrastructure
 
 
 def saved_names() -> list[str]:
@@ -61,7 +68,7 @@ def resolve_infrastructure(value: str | StepInfrastructure | None) -> StepInfras
     name = value or get_settings().infrastructure
     # a saved block wins over a built-in of the same name (`prefect-ml init` saves `process`)
     if name not in BUILTINS or _api_available():
-        for t in block_types():
+        for t in _types_in_turn():
             try:
                 block = t.load(name)
             except Exception:
