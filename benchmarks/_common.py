@@ -29,7 +29,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 VENVS_DIR = BENCH_DIR / ".venvs"
-STACK_PYTHON = Path(os.environ.get("PREFECT_ML_BENCH_PYTHON", "/tmp/stack/.venv/bin/python"))
+# The interpreter that runs measured prefect-ml processes: the running one unless told otherwise.
+STACK_PYTHON = Path(os.environ.get("PREFECT_ML_BENCH_PYTHON") or sys.executable)
 
 
 # --- timing and statistics ----------------------------------------------------------------------

@@ -5,8 +5,8 @@
 #   ONLY="orchestration parallelism" bash benchmarks/run_all.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo /tmp/stack/.venv/bin/python )}"
-ONLY="${ONLY:-orchestration parallelism data_passing staging environment reuse container memory first_run}"
+PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}"
+ONLY="${ONLY:-warm_rerun orchestration parallelism data_passing staging environment reuse container memory first_run}"
 status=0
 for name in $ONLY; do
     echo "=== bench_${name} $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -19,12 +19,12 @@ COLUMNS = (
 
 def credit_default_sample(path: Path, rows: int = 4000, seed: int = 7) -> Path:
     """Write the synthetic sample to `path` (atomically) unless it is already there; return the path."""
-    import numpy as np
-    import pandas as pd
-
     path = Path(path)
     if path.exists():
         return path
+    import numpy as np  # only when the sample is made (the imports cost seconds on a small machine)
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     limit = rng.choice(np.arange(10_000, 800_001, 10_000), rows)
     risk = rng.normal(0, 1, rows)

@@ -54,6 +54,32 @@ class PrefectMLSettings(BaseSettings):
         default=None, description="URI of the data asset registry. Default: <artifact root>/assets."
     )
 
+    installer: str = Field(
+        default="uv",
+        description="Package installer for image builds and process venvs: `uv` (installed into the image's venv "
+        "first; seconds where pip takes minutes) or `pip`. With `uv`, pip is still the fallback when uv cannot "
+        "be installed or run.",
+    )
+    server_host: str = Field(
+        default="127.0.0.1",
+        description="Address `prefect-ml server start` binds the local Prefect and MLflow servers to (loopback).",
+    )
+    server_prefect_port: int = Field(
+        default=4200, description="Port of the local Prefect server started by `prefect-ml server start`."
+    )
+    server_mlflow_port: int = Field(
+        default=5000, description="Port of the local MLflow server started by `prefect-ml server start`."
+    )
+    server_start_timeout: float = Field(
+        default=240.0,
+        description="Seconds `prefect-ml server start` waits for both servers to answer their health checks.",
+    )
+
+    @property
+    def server_dir(self) -> Path:
+        """Pid and log files of the local servers."""
+        return self.home_path / "server"
+
     @property
     def home_path(self) -> Path:
         return self.home.expanduser().resolve()

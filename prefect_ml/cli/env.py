@@ -45,6 +45,14 @@ def build(
             path = environments.ensure_venv(env, log=log)
             typer.echo(f"{env.name}: venv {path} ({time.monotonic() - started:.1f} s)")
             return
+        if pull_policy != "always":  # an unchanged environment: answer without importing docker-py
+            from prefect_ml.environments.image import existing_image
+
+            found = existing_image(env)
+            if found is not None:
+                tag, image_id = found
+                typer.echo(f"{env.name}: image {tag} ({image_id[:19]}) ready in {time.monotonic() - started:.1f} s")
+                return
         client = docker_client(who=WHO)  # an engine that does not answer: one line, exit status 1
         try:
             tag = environments.ensure_image(env, client, pull_policy=pull_policy, log=log)

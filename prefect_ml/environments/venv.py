@@ -70,7 +70,9 @@ def ensure_venv(name_or_env: str | Environment, *, start: Path | None = None, lo
 def _build_venv(env: Environment, root: Path, log: Log) -> None:
     import sysconfig
 
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True)
+    # no pip inside (ensurepip costs 5-20 s): uv or the running interpreter's pip install into it (`--python`)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, capture_output=True,
+                   text=True)
     py = root / "bin" / "python"
     site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -81,22 +83,90 @@ def _build_venv(env: Environment, root: Path, log: Log) -> None:
     (Path(site) / "_prefect_ml_parent.pth").write_text(
         "".join(f"import site; site.addsitedir({p!r})\n" for p in parents)
     )
-    reqs: list[list[str]] = []
+    files: list[Path] = []
     if env.conda_pip:
         pip_file = root / "conda-pip.txt"
         pip_file.write_text("\n".join(env.conda_pip) + "\n")
-        reqs.append(["-r", str(pip_file)])
+        files.append(pip_file)
     if env.requirements:
-        reqs.append(["-r", str(env.directory / env.requirements)])
-    for args in reqs:
-        proc = subprocess.run(
-            [str(py), "-m", "pip", "install", "--disable-pip-version-check", *args],
-            cwd=env.directory, capture_output=True, text=True, check=False,
+        files.append(env.directory / env.requirements)
+    for file in files:
+        missing = unsatisfied(file)
+        if missing is not None and not missing:
+            log(f"{file.name}: every requirement is met by {sys.executable}; nothing to install")
+            continue
+        # only what the running interpreter lacks (or the whole file when it cannot be read line by line)
+        args = ["-r", str(file)] if missing is None else missing
+        _install(env, py, args, log)
+
+
+def unsatisfied(requirements: Path) -> list[str] | None:
+    """The requirement lines of `requirements` that the running interpreter does not satisfy, or None
+    when the file has anything but plain requirement lines (options, URLs, includes, extras) and must
+    go to the installer whole. The venv sees the running interpreter's packages (the `.pth` above)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:
+        return None
+    missing: list[str] = []
+    for raw in requirements.read_text().splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            return None
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            return None
+        if req.url or req.extras:
+            return None
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            missing.append(line)
+            continue
+        if not req.specifier.contains(have, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def _pip(py: Path) -> list[str]:
+    """pip for the venv: the running interpreter's (`pip --python VENV`, pip >= 22.3), else pip put into
+    the venv with ensurepip."""
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip", "--python", str(py), "install", "--disable-pip-version-check"]
+    subprocess.run([str(py), "-m", "ensurepip", "--upgrade"], check=True, capture_output=True, text=True)
+    return [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
+
+
+def _installer(py: Path) -> tuple[list[str], str]:
+    """uv (`uv pip install --python VENV`) when the setting says uv and uv runs here, else pip."""
+    if get_settings().installer.strip().lower() == "uv":
+        beside = Path(sys.executable).parent / "uv"
+        uv = shutil.which("uv") or (str(beside) if beside.is_file() else None)
+        if uv:
+            return [uv, "pip", "install", "--python", str(py)], "uv"
+    return _pip(py), "pip"
+
+
+def _install(env: Environment, py: Path, args: list[str], log: Log) -> None:
+    cmd, name = _installer(py)
+    proc = subprocess.run([*cmd, *args], cwd=env.directory, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and name == "uv":  # pip is the fallback
+        log(f"uv failed ({proc.stderr.strip()[-300:]}); installing with pip")
+        cmd, name = _pip(py), "pip"
+        proc = subprocess.run([*cmd, *args], cwd=env.directory, capture_output=True, text=True, check=False)
+    for line in (proc.stdout + proc.stderr if name == "uv" else proc.stdout).splitlines():
+        log(line)
+    if proc.returncode != 0:
+        raise EnvironmentSpecError(
+            f"building the venv of environment '{env.name}' ({env.spec_file}) failed: {name} exited "
+            f"{proc.returncode}:\n{proc.stderr[-2000:]}\nFix the requirements named above."
         )
-        for line in proc.stdout.splitlines():
-            log(line)
-        if proc.returncode != 0:
-            raise EnvironmentSpecError(
-                f"building the venv of environment '{env.name}' ({env.spec_file}) failed: pip exited "
-                f"{proc.returncode}:\n{proc.stderr[-2000:]}\nFix the requirements named above."
-            )

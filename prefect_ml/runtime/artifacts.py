@@ -41,10 +41,16 @@ def key_artifact(step_name: str, d: Decision) -> None:
 
 
 class ArtifactsObserver(StepObserver):
-    """The cache-key artifact on every step's task run, for a hit and a run alike."""
+    """The cache-key artifact on every step's task run, for a hit and a run alike.
+
+    Written by the background writer (in the task run's context), off the step's critical path;
+    the pipeline flushes it before its flow returns."""
 
     def step_started(self, ctx: StepContext) -> None:
-        key_artifact(ctx.step_name, ctx.decision)
+        from prefect_ml.runtime import background
+
+        step, decision = ctx.step_name, ctx.decision
+        background.submit(f"cache-key artifact of step {step}", lambda: key_artifact(step, decision), in_context=True)
 
 
 def summary_rows(steps: Sequence[Step]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ lineage, artifacts) are called at the same points for both. The Prefect task aro
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,9 +30,31 @@ if TYPE_CHECKING:
 UPSTREAM = "__step__"
 
 
+# Resolved infrastructure per (flow run, name): a name is looked up once per pipeline run, not once
+# per step (a lookup tries to load a saved block of each type from the Prefect API, 2 requests).
+_resolved: dict[tuple[str, str], StepInfrastructure] = {}
+_resolved_lock = threading.Lock()
+_RESOLVED_RUNS_KEPT = 16
+
+
 def infrastructure_for(component: Component, run: RunSpec) -> StepInfrastructure:
     """Where a step runs: the component's (or call's) choice, else the pipeline's, else the setting."""
-    return resolve_infrastructure(component.infrastructure or run.infrastructure or run.settings.infrastructure)
+    choice = component.infrastructure or run.infrastructure or run.settings.infrastructure
+    if not isinstance(choice, str) or not run.flow_run_id:
+        return resolve_infrastructure(choice)
+    memo = (run.flow_run_id, choice)
+    with _resolved_lock:
+        found = _resolved.get(memo)
+    if found is not None:
+        return found
+    infra = resolve_infrastructure(choice)
+    with _resolved_lock:
+        runs = list(dict.fromkeys(r for r, _ in _resolved))
+        for old in runs[:-_RESOLVED_RUNS_KEPT]:  # keep the memo small in a long-lived worker
+            for k in [k for k in _resolved if k[0] == old]:
+                del _resolved[k]
+        _resolved[memo] = infra
+    return infra
 
 
 def _resolve_inputs(component: Component, inputs: Mapping[str, Any]):

@@ -143,11 +143,18 @@ def record_step(step: str, inputs: Mapping[str, str], fingerprints: Mapping[str,
 
 
 class LineageObserver(StepObserver):
-    """Records each finished step's lineage (artifact and asset events); never fails the step."""
+    """Records each finished step's lineage (artifact and asset events); never fails the step.
+
+    Written by the background writer (in the task run's context), off the step's critical path;
+    the pipeline flushes it before its flow returns."""
 
     def step_finished(self, ctx: StepContext, result: StepResult, metrics: dict[str, float]) -> None:
-        record_step(ctx.step_name, result.inputs, result.fingerprints, result.outputs,
-                    cache_key=result.key, cached=result.cached)
+        from prefect_ml.runtime import background
+
+        step = ctx.step_name
+        background.submit(f"lineage of step {step}", lambda: record_step(
+            step, result.inputs, result.fingerprints, result.outputs, cache_key=result.key, cached=result.cached),
+            in_context=True)
 
 
 def external_inputs(inputs: Mapping[str, str], fingerprints: Mapping[str, str]) -> dict[str, str]:

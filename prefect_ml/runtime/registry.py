@@ -41,8 +41,31 @@ def register(*, producer: StepResult | None, model_uri: str, output: str, name: 
     """Register `model_uri` as a new version of `name` and point `alias` at it.
 
     The model is copied into MLflow's artifact store (under the producing step's MLflow run when
-    there is one), so the registry never depends on the artifact root.
+    there is one), so the registry never depends on the artifact root. When a version made from
+    the same step output (same producing step key) exists, `alias` is re-pointed at it instead.
+    With an MLflow server that check and the alias go through the REST API, so an unchanged re-run
+    never imports `mlflow`; only a new version (artifact upload + create_model_version) does.
     """
+    tracking.flush(warn=log)  # the producing step's run is complete in the store before it is referenced
+    if producer is not None:
+        existing = _version_of_source(name, producer.key)
+        # the same model (same producing step key): point the alias at it, no duplicate version
+        if existing is not None:
+            version, existing_run = existing
+            _set_alias(name, alias, version)
+            uri = f"models:/{name}@{alias}"
+            if log:
+                log(f"model {name} version {version} already holds this model (source step key "
+                    f"{producer.key}): pointed @{alias} at it instead of registering a duplicate: {uri}")
+            return {"name": name, "version": int(version), "alias": alias, "uri": uri,
+                    "run_id": existing_run, "reused": True}
+    return _register_new(producer=producer, model_uri=model_uri, output=output, name=name, alias=alias,
+                         metrics_uri=metrics_uri, tags=tags, staging_home=staging_home, log=log)
+
+
+def _register_new(*, producer: StepResult | None, model_uri: str, output: str, name: str, alias: str,
+                  metrics_uri: str | None, tags: Mapping[str, str], staging_home: Path, log: Any) -> dict[str, Any]:
+    """A new model version through the mlflow library (artifact upload needs it)."""
     from mlflow.exceptions import MlflowException
 
     client = tracking.client()
@@ -51,19 +74,9 @@ def register(*, producer: StepResult | None, model_uri: str, output: str, name: 
         version_tags[SOURCE_KEY_TAG] = producer.key
     run_id = producer.mlflow_run_id if producer else None
     try:
-        existing = _version_of_source(client, name, producer.key) if producer is not None else None
-        # the same model (same producing step key): point the alias at it, no duplicate version
-        if existing is not None and producer is not None:
-            client.set_registered_model_alias(name, alias, existing.version)
-            uri = f"models:/{name}@{alias}"
-            if log:
-                log(f"model {name} version {existing.version} already holds this model (source step key "
-                    f"{producer.key}): pointed @{alias} at it instead of registering a duplicate: {uri}")
-            return {"name": name, "version": int(existing.version), "alias": alias, "uri": uri,
-                    "run_id": existing.run_id, "reused": True}
         if run_id is None:
             run_id = tracking.start_run("prefect-ml-models", f"register-{name}", {"prefect_ml.model_uri": model_uri})
-            tracking.end_run(run_id, True)
+            tracking.end_run(run_id, True, wait=True)
         local = storage.stage_in(model_uri, staging_home)
         client.log_artifacts(run_id, str(local), artifact_path=output)
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{output}"
@@ -86,15 +99,50 @@ def register(*, producer: StepResult | None, model_uri: str, output: str, name: 
             "reused": False}
 
 
-def _version_of_source(client: Any, name: str, key: str) -> Any:
-    """The registered version of `name` made from the step output with cache key `key`, if any."""
+def _version_of_source(name: str, key: str) -> tuple[str, str | None] | None:
+    """(version, run id) of the newest version of `name` made from the step output with cache key `key`."""
+    from prefect_ml.runtime.mlflow_rest import MlflowRestError, is_http
+
+    query = f"name = '{_quote(name)}' and tags.`{SOURCE_KEY_TAG}` = '{_quote(key)}'"
+    if is_http(tracking.tracking_uri()):
+        rest = tracking.backend().rest  # type: ignore[attr-defined]
+        try:
+            found = rest.search_model_versions(query)
+        except MlflowRestError as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise RegistrationError(f"register_model: MLflow could not search versions of '{name}': {exc}") from exc
+        if not found:
+            return None
+        best = max(found, key=lambda v: int(v["version"]))
+        return str(best["version"]), best.get("run_id") or None
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client.search_model_versions(f"name = '{_quote(name)}' and tags.`{SOURCE_KEY_TAG}` = '{_quote(key)}'")
+        versions = tracking.client().search_model_versions(query)
     except MlflowException:  # no such model yet
         return None
-    return max(found, key=lambda v: int(v.version)) if found else None
+    if not versions:
+        return None
+    v = max(versions, key=lambda v: int(v.version))
+    return str(v.version), v.run_id
+
+
+def _set_alias(name: str, alias: str, version: str) -> None:
+    from prefect_ml.runtime.mlflow_rest import MlflowRestError, is_http
+
+    if is_http(tracking.tracking_uri()):
+        try:
+            tracking.backend().rest.set_registered_model_alias(name, alias, version)  # type: ignore[attr-defined]
+        except MlflowRestError as exc:
+            raise RegistrationError(f"register_model: MLflow refused alias @{alias} of '{name}': {exc}") from exc
+        return
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracking.client().set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise RegistrationError(f"register_model: MLflow refused alias @{alias} of '{name}': {exc.message}") from exc
 
 
 def _quote(value: str) -> str:

@@ -37,8 +37,14 @@ def run_step(component: Component, inputs: dict[str, Any], run: RunSpec, step_na
     from prefect import runtime
 
     logger = get_run_logger()
-    result = run_lifecycle(component, inputs, run, step_name, task_run_id=str(runtime.task_run.id),
-                           log=logger.info, warn=logger.warning, observers=default_observers())
+    try:
+        result = run_lifecycle(component, inputs, run, step_name, task_run_id=str(runtime.task_run.id),
+                               log=logger.info, warn=logger.warning, observers=default_observers())
+    finally:
+        if run.mlflow_run_id is None:  # a standalone step: no pipeline flushes its queued MLflow writes
+            from prefect_ml.runtime import tracking
+
+            tracking.flush(warn=logger.warning)
     if result.cached:
         return Completed(name="Cached", message=f"reused outputs of cache key {result.key}", data=result)
     return result
