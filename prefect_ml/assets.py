@@ -1,8 +1,9 @@
 """Data assets: named, versioned pointers to data at a URI (like Azure ML data assets).
 
 A pipeline input names one as `data_asset("credit-card", "1")`, which is the string
-`asset:credit-card:1` (Azure's `azureml:credit-card:1` works too), so it survives as a Prefect
-parameter and from the UI or `prefect deployment run --param`.
+`asset:credit-card:1` (Azure's `azureml:credit-card:1` and `azureml:credit-card@latest` work too),
+so it survives as a Prefect parameter and from the UI or `prefect deployment run --param`.
+`azureml://datastores/...` is a datastore path, not an asset (see `prefect_ml.storage.datastores`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ def data_asset(name: str, version: str = "latest") -> str:
 
 
 def is_asset_ref(value: str) -> bool:
-    return value.startswith(PREFIXES)
+    return value.startswith(PREFIXES) and not value.startswith("azureml://")
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
+    """`asset:NAME:VERSION`, `azureml:NAME:VERSION`, `azureml:NAME@latest` -> (NAME, VERSION or 'latest')."""
     body = ref.split(":", 1)[1]
+    if "@" in body:
+        name, _, label = body.partition("@")
+        if label != "latest":
+            raise DataAssetError(f"data asset {ref!r}: label '@{label}' is unknown; use @latest or :VERSION.")
+        return name, "latest"
     name, _, version = body.partition(":")
     return name, version or "latest"
 

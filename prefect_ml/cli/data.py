@@ -37,22 +37,83 @@ def _size(size: int) -> str:
 
 @app.command("register")
 def register(
-    name: str = typer.Argument(..., help="Data asset name (letters, digits, '_', '-', '.')."),
-    version: str = typer.Option(..., "--version", "-v", help="Version to create (immutable once registered)."),
-    path: str = typer.Option(..., "--path", "-p", help="Local path or URI (file://, s3://, abfs://, az://)."),
-    type: str | None = typer.Option(None, "--type", "-t", help="uri_file or uri_folder (default: detected)."),
-    description: str = typer.Option("", "--description", "-d", help="What the data is."),
+    name: str | None = typer.Argument(None, help="Data asset name (letters, digits, '_', '-', '.')."),
+    version: str | None = typer.Option(None, "--version", "-v", help="Version to create (immutable once "
+        "registered)."),
+    path: str | None = typer.Option(None, "--path", "-p", help="Local path or URI (file://, s3://, abfs://, az://, "
+        "https://, azureml://datastores/...)."),
+    type: str | None = typer.Option(None, "--type", "-t", help="uri_file, uri_folder or mltable (default: detected)."),
+    description: str | None = typer.Option(None, "--description", "-d", help="What the data is."),
     snapshot: bool = typer.Option(False, "--snapshot", help="Copy the data under the artifact root so the version "
         "can never change."),
+    file: str | None = typer.Option(None, "--file", "-f", help="An Azure ML data asset YAML (name, version, type, "
+        "path, description), as `az ml data create --file`; options given here override it."),
 ) -> None:
     """Register data at a path or URI as a new, immutable version of a data asset."""
     try:
-        rec = _registry().register(name, version, path, type=type, description=description, snapshot=snapshot)
+        spec = _data_yaml(file) if file else {}
+        name = name or spec.get("name")
+        version = version or spec.get("version")
+        path = path or spec.get("path")
+        type = type or spec.get("type")
+        description = description if description is not None else spec.get("description", "")
+        missing = [k for k, v in (("NAME", name), ("--version", version), ("--path", path)) if not v]
+        if missing:
+            raise typer.BadParameter(f"give {', '.join(missing)} (or --file data.yml with name, version and path)")
+        if type == "mltable":
+            type = _mltable(str(path))
+        rec = _registry().register(str(name), str(version), str(path), type=type, description=str(description or ""),
+                                   snapshot=snapshot)
     except PrefectMLError as exc:
         _fail(exc)
     note = f" (snapshot of {rec.source_uri})" if rec.snapshot else ""
     typer.echo(f"Registered {rec.ref}: {rec.type} at {rec.uri}{note}, {len(rec.files)} file(s), {_size(rec.size)}.")
     typer.echo(f"Use it as a pipeline input: data_asset({rec.name!r}, {rec.version!r})  or  --param data={rec.ref}")
+
+
+DATA_YAML_KEYS = {"$schema", "name", "version", "description", "type", "path", "tags", "properties", "datastore",
+                  "stage", "auto_delete_setting"}
+
+
+def _data_yaml(file: str) -> dict:
+    """An Azure ML data asset YAML (the `data.schema.json` form); a relative path is relative to the file."""
+    from pathlib import Path
+
+    from prefect_ml._util import safe_load_yaml, yaml_error_position, yaml_problem
+    from prefect_ml.errors import DataAssetError
+
+    p = Path(file).expanduser().resolve()
+    if not p.is_file():
+        raise DataAssetError(f"data asset file {str(p)!r} does not exist; check the path.")
+    try:
+        raw = safe_load_yaml(p.read_text())
+    except Exception as exc:
+        raise DataAssetError(f"{p}:{yaml_error_position(exc)}: invalid YAML: {yaml_problem(exc)}.") from None
+    if not isinstance(raw, dict):
+        raise DataAssetError(f"{p}: expected a data asset mapping (name, version, type, path).")
+    unknown = sorted(set(raw) - DATA_YAML_KEYS)
+    if unknown:
+        raise DataAssetError(f"{p}: unknown key(s) {unknown}; a data asset YAML has {sorted(DATA_YAML_KEYS)}.")
+    ignored = sorted(set(raw) & {"tags", "properties", "datastore", "stage", "auto_delete_setting"})
+    if ignored:
+        typer.echo(f"warning: {p}: {', '.join(ignored)} accepted but not recorded here.", err=True)
+    keep = ("name", "version", "description", "type", "path")
+    out = {k: str(v) for k, v in raw.items() if k in keep and v is not None}
+    path = out.get("path", "")
+    if path and "://" not in path and not path.startswith("azureml:"):
+        out["path"] = str((p.parent / path).resolve())
+    return out
+
+
+def _mltable(path: str) -> str:
+    """`type: mltable` is a folder with an MLTable file: registered as uri_folder."""
+    from pathlib import Path
+
+    from prefect_ml.errors import DataAssetError
+
+    if "://" not in path and not (Path(path) / "MLTable").is_file():
+        raise DataAssetError(f"mltable {path!r} has no MLTable file; add one or register it as uri_folder.")
+    return "uri_folder"
 
 
 @app.command("list")

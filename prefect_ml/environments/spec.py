@@ -43,6 +43,7 @@ SPEC_KEYS = {"name", "version", "description", "base_image", "requirements", "co
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+~:-]+)?$")
 SKIP_FILES = {"__pycache__", ".DS_Store"}
+_cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,28 @@ def env_files(directory: Path) -> list[Path]:
 # --- finding and loading specs --------------------------------------------------------------------
 
 
+# dirs of environments written inline in Azure files (see `prefect_ml.environments.aliases`); their
+# names carry a content hash, so they never shadow a named environment
+_generated_dirs: list[Path] = []
+
+
+def add_generated_dir(directory: Path) -> None:
+    """Search `directory` too (after the setting's dirs): where inline environments are written."""
+    directory = directory.resolve()
+    with _cache_lock:
+        if directory not in _generated_dirs:
+            _generated_dirs.append(directory)
+
+
 def search_dirs(start: Path | None = None) -> list[Path]:
-    """`environments/` dirs to search, in order: PREFECT_ML_ENVIRONMENTS_DIR, then walking up from
-    `start` (a component's code dir), then walking up from the current directory."""
+    """`environments/` dirs to search, in order: PREFECT_ML_ENVIRONMENTS_DIR, dirs of inline
+    environments, then walking up from `start` (a component's code dir), then walking up from the
+    current directory."""
     dirs: list[Path] = []
     for part in (get_settings().environments_dir or "").split(os.pathsep):
         if part.strip():
             dirs.append(Path(part.strip()).expanduser().resolve())
+    dirs += _generated_dirs
     for origin in (start, Path.cwd()):
         if origin is None:
             continue
@@ -162,7 +178,6 @@ def find_environment(name: str, start: Path | None = None) -> Path:
     )
 
 
-_cache_lock = threading.Lock()
 _cache: dict[tuple, Environment] = {}
 
 

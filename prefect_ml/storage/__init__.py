@@ -2,7 +2,8 @@
 
 One concern per module (each imports only the ones listed before it):
 
-    uri            URI syntax: schemes, aliases, normalize, join, local paths
+    uri            URI syntax: schemes, aliases, normalize, join, local paths (http/https: read-only inputs)
+    datastores     Azure's azureml://datastores/<name>/paths/<p> -> a URI, through datastores.yaml
     caches         every per-process cache in one object (`caches.clear()` resets them all)
     credentials    storage options (settings, block), secrets and `redact`, URI checks
     filesystems    the cached fsspec filesystem for a URI

@@ -33,7 +33,7 @@ from prefect_ml.storage.filesystems import filesystem
 from prefect_ml.storage.fingerprint import fingerprint, list_files, local_files
 from prefect_ml.storage.locations import check_location, exists, storage_error
 from prefect_ml.storage.transfer import upload
-from prefect_ml.storage.uri import is_local, join, local_path, normalize
+from prefect_ml.storage.uri import is_local, is_read_only, join, local_path, normalize
 
 MARKER = "_COMPLETE.json"
 ATTEMPT_ID = re.compile(r"^[0-9a-f]{12}$")  # what `new_attempt` makes
@@ -48,6 +48,9 @@ class ArtifactRoot:
 
     def __init__(self, uri: str):
         self.uri = normalize(uri)
+        if is_read_only(self.uri):
+            raise StorageError(f"artifact root {self.uri!r}: http(s):// is read-only here (data inputs only); use "
+                               "file://, s3:// or abfs:// for the artifact root.")
         self.fs, self.path = filesystem(self.uri)
         check_location(self.uri)
 

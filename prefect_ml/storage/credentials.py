@@ -170,7 +170,9 @@ def check_uri(uri: str) -> None:
     protocol = protocol_of(uri)
     if not is_known_protocol(uri):
         raise StorageError(
-            f"unknown URI scheme '{protocol}://' in {redact(uri)!r}; use a local path, file://, s3://, abfs:// or az://."
+            f"unknown URI scheme '{protocol}://' in {redact(uri)!r}; use a local path, file://, s3://, abfs:// or "
+            "az:// "
+            "(https:// for read-only data inputs)."
         )
     if carries_credentials(uri):
         # user:secret@host would put a credential in the URI (and so in logs and MLflow tags)

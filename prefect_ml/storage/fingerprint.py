@@ -1,7 +1,8 @@
 """What data is behind a URI: its files, with sizes and checksums, and one fingerprint of them.
 
 Local files are tagged by sha256 of their content (by size + mtime above `HASH_LIMIT`, memoised
-per path, size, mtime and inode); remote objects by their ETag (or MD5, or mtime).
+per path, size, mtime and inode); remote objects by their ETag (or MD5, or mtime); https:// files by their ETag (or
+Last-Modified) and size.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _remote_tag(e: dict) -> str:
     md5 = (e.get("content_settings") or {}).get("content_md5")
     if md5:
         return "md5:" + (md5.hex() if isinstance(md5, (bytes, bytearray)) else str(md5))
-    return f"mtime:{e.get('last_modified') or e.get('LastModified')}"
+    modified = e.get("last_modified") or e.get("LastModified") or e.get("Last-Modified")  # http: a header
+    return f"mtime:{modified}"
 
 
 def list_files(uri: str, *, full_hash: bool = False) -> list[FileEntry]:

@@ -87,8 +87,8 @@ def container_exists(uri: str) -> bool:
 def check_location(uri: str) -> None:
     """Fail early, with a clear message, if a remote URI's bucket/container is missing or the
     credentials are rejected. Successful checks are remembered for the process."""
-    if is_local(uri) or protocol_of(uri) == "memory":
-        return
+    if is_local(uri) or protocol_of(uri) in ("memory", "http", "https"):
+        return  # http(s): no bucket or container to check; a missing URL is a missing input
     check_uri(uri)
     key = hashlib.sha256(json.dumps([container_of(uri), canonical_protocol(uri),
                                      credential_environment()]).encode()).hexdigest()

@@ -20,7 +20,7 @@ from prefect_ml.storage.credentials import check_uri
 from prefect_ml.storage.filesystems import filesystem
 from prefect_ml.storage.fingerprint import fingerprint, local_files
 from prefect_ml.storage.locations import storage_error
-from prefect_ml.storage.uri import is_local, local_path
+from prefect_ml.storage.uri import is_local, is_read_only, local_path
 
 
 def transfer_stats() -> TransferStats:
@@ -40,7 +40,7 @@ def download(uri: str, dest: Path) -> int:
     """
     fs, path = filesystem(uri)
     try:
-        if fs.isdir(path):
+        if not is_read_only(uri) and fs.isdir(path):  # an http(s) URL is one file (isdir would scrape links)
             dest.mkdir(parents=True, exist_ok=True)
             fs.get(path.rstrip("/") + "/", str(dest) + "/", recursive=True)
         else:

@@ -1,13 +1,15 @@
 """URI syntax: the schemes we know, their aliases, normalising, joining and local paths.
 
-Pure string work: nothing here touches a filesystem, the network or the configuration.
+Pure string work: nothing here touches a filesystem, the network or the configuration, except
+`normalize` of an `azureml://datastores/...` URI, which reads the datastore map (`datastores`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-KNOWN_PROTOCOLS = ("file", "local", "s3", "s3a", "abfs", "abfss", "az", "memory")
+KNOWN_PROTOCOLS = ("file", "local", "s3", "s3a", "abfs", "abfss", "az", "memory", "http", "https")
+READ_ONLY_PROTOCOLS = ("http", "https")  # data inputs only: never an artifact root or a snapshot target
 ALIASES = {"s3a": "s3", "abfss": "abfs", "az": "abfs", "local": "file"}
 
 
@@ -23,10 +25,22 @@ def canonical_protocol(uri: str) -> str:
 
 
 def normalize(uri: str) -> str:
-    """A plain path becomes an absolute `file://` URI; other URIs are returned without a trailing '/'."""
+    """A plain path becomes an absolute `file://` URI; other URIs are returned without a trailing '/'.
+
+    Azure's `azureml://datastores/<name>/paths/<path>` becomes the URI under the datastore's root
+    (the datastore map: `prefect_ml.storage.datastores`, the one place here that reads a file)."""
+    if uri.startswith("azureml://"):
+        from prefect_ml.storage.datastores import resolve_datastore_uri
+
+        uri = resolve_datastore_uri(uri)
     if "://" not in uri:
         return Path(uri).expanduser().resolve().as_uri()
     return uri.rstrip("/") if not uri.endswith(":///") else uri
+
+
+def is_read_only(uri: str) -> bool:
+    """Whether `uri` can only be read (http/https data inputs)."""
+    return protocol_of(uri) in READ_ONLY_PROTOCOLS
 
 
 def is_local(uri: str) -> bool:
