@@ -33,10 +33,13 @@ def credit_default(
     min_auc: Annotated[float, Field(ge=0.0, le=1.0, description="Register the model only if test AUC >= this")] = 0.7,
     registered_model_name: Annotated[str, Field(min_length=1, description="MLflow registered model name")] = "credit_defaults_model",
     train_infrastructure: Annotated[Optional[str], Field(description="Infrastructure block for the train step (e.g. gpu); empty = the pipeline default")] = None,
+    request_promotion: Annotated[bool, Field(description="Compare with @champion on auc; when the new model wins, start the promote-model/approval deployment")] = False,
 ) -> dict:
     """Credit-default: data_prep -> train -> evaluate -> gate (auc >= min_auc) -> register."""
     if not data:
-        data = str(credit_default_sample(get_settings().home_path / "samples" / "credit_default_synthetic.csv"))
+        sample = get_settings().home_path / "samples" / "credit_default_synthetic.csv"
+        # made once; `credit_default_sample` imports numpy and pandas (1-5 s) even when the file exists
+        data = str(sample if sample.is_file() else credit_default_sample(sample))
         print(f"no data given: using the synthetic sample {data}")
     prep = data_prep(data=data, test_train_ratio=test_train_ratio)
     model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators,
@@ -44,7 +47,11 @@ def credit_default(
     report = evaluate(model=model.outputs.model, test_data=prep.outputs.test_data)
     result = {"model": model.outputs.model, "metrics": report.outputs.metrics, "report": report.outputs.report}
     if gate(report.outputs.metrics, "auc", ">=", min_auc):
-        result["registered"] = register_model(model.outputs.model, name=registered_model_name, metrics=report.outputs.metrics)
+        result["registered"] = register_model(model.outputs.model, name=registered_model_name, metrics=report.outputs.metrics,
+                                              compare_with="champion", metric="auc", direction="max")
+        if request_promotion and (result["registered"].get("comparison") or {}).get("wins"):
+            from prefect_ml.runtime.promotion import request_approval
+            result["promotion_run"] = request_approval(registered_model_name, result["registered"]["version"], log=print)
     else:
         result["registered"] = None
     return result
@@ -65,8 +72,19 @@ def main() -> None:
               f"print(mlflow.pyfunc.load_model('{out['registered']['uri']}'))\"")
     else:
         print(f"\nThe gate failed (auc < {args.min_auc}): no model version was registered.")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
-    print("Prefect UI: prefect server start  (then open http://127.0.0.1:4200)")
+    import os
+
+    if uri.startswith("http"):
+        print(f"MLflow UI: {uri}")
+    else:
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
+    api = os.environ.get("PREFECT_API_URL", "")
+    if api:
+        print(f"Prefect UI: {api.removesuffix('/api')}")
+    else:
+        print("Prefect UI: prefect server start  (then open http://127.0.0.1:4200)")
+    if uri.startswith("http://127.0.0.1") or api.startswith("http://127.0.0.1"):
+        print("Stop the local servers: prefect-ml server stop")
 
 
 if __name__ == "__main__":

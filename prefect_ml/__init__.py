@@ -14,11 +14,6 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("prefect-ml")  # one version source: pyproject.toml
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
-    __version__ = "0+unknown"
-
 # public name -> module that defines it
 _EXPORTS = {
     "Component": "prefect_ml.dsl.component",
@@ -26,6 +21,11 @@ _EXPORTS = {
     "Output": "prefect_ml.dsl.component",
     "command": "prefect_ml.dsl.component",
     "load_component": "prefect_ml.dsl.component",
+    "component": "prefect_ml.dsl.function",
+    "load_function_component": "prefect_ml.dsl.function",
+    "FunctionComponent": "prefect_ml.dsl.function",
+    "sweep": "prefect_ml.dsl.sweep",
+    "fail": "prefect_ml.dsl.fail",
     "OutputRef": "prefect_ml.dsl.step",
     "Step": "prefect_ml.dsl.step",
     "pipeline": "prefect_ml.dsl.pipeline",
@@ -39,31 +39,50 @@ _EXPORTS = {
 __all__ = [
     "Component",
     "DockerStepInfrastructure",
+    "FunctionComponent",
     "Input",
     "Output",
     "OutputRef",
     "ProcessStepInfrastructure",
     "Step",
     "command",
+    "component",
     "data_asset",
+    "fail",
     "gate",
     "load_component",
+    "load_function_component",
     "pipeline",
     "register_model",
+    "sweep",
 ]
 
 if TYPE_CHECKING:
     from prefect_ml.assets import data_asset
     from prefect_ml.dsl.component import Component, Input, Output, command, load_component
+    from prefect_ml.dsl.fail import fail
+    from prefect_ml.dsl.function import FunctionComponent, component, load_function_component
     from prefect_ml.dsl.gate import gate
     from prefect_ml.dsl.model import register_model
     from prefect_ml.dsl.pipeline import pipeline
     from prefect_ml.dsl.step import OutputRef, Step
+    from prefect_ml.dsl.sweep import sweep
     from prefect_ml.infrastructure.docker import DockerStepInfrastructure
     from prefect_ml.infrastructure.process import ProcessStepInfrastructure
 
 
+def _version() -> str:
+    """The installed distribution's version: one version source, pyproject.toml."""
+    try:
+        return version("prefect-ml")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use: the metadata lookup costs 0.1-0.3 s per command
+        value = globals()["__version__"] = _version()
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'prefect_ml' has no attribute {name!r}")

@@ -14,8 +14,12 @@ app = typer.Typer(
 )
 app.add_typer(env.app, name="env", help="Build and inspect environments (images and venvs).")
 app.add_typer(data.app, name="data", help="Register and inspect versioned data assets.")
+app.add_typer(__import__("prefect_ml.cli.model", fromlist=["app"]).app, name="model", help="Registered models.")
+app.add_typer(__import__("prefect_ml.cli.server", fromlist=["app"]).app, name="server",
+              help="Start, stop and inspect the local Prefect and MLflow servers (background; loopback).")
 app.command("init", help="Create work pools and default infrastructure blocks (idempotent).")(init.init)
 app.command("plan", help="Show each step of a pipeline, its cache key and whether it would be reused "
             "(runs the file as Python to find the pipeline: plan only files you trust).")(plan.plan)
 app.command("run", help="Run a pipeline from a file: prefect-ml run flows/x.py:flow --param k=v "
             "(the file runs as Python).")(run.run)
+app.command("gc", help="Clean up after killed runs (dry run).")(__import__("prefect_ml.cli.gc", fromlist=["gc"]).gc)

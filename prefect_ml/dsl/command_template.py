@@ -80,11 +80,29 @@ def check_syntax(template: str) -> str | None:
     return None
 
 
-def render(template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str]) -> list[str]:
+# `$NAME` / `${NAME}` (never `${{...}}`): expanded from the step's environment, as Azure's shell would
+ENV_VAR = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
+
+
+def expand_env(word: str, env: Mapping[str, str]) -> str:
+    """`word` with `$NAME`/`${NAME}` replaced by their values in `env`; unknown names stay literal
+    (so a `bash -c` script still sees its own `$HOME`)."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return env.get(name, m.group(0))
+
+    return ENV_VAR.sub(value, word)
+
+
+def render(template: str, inputs: Mapping[str, str | None], outputs: Mapping[str, str],
+           env: Mapping[str, str] | None = None) -> list[str]:
     """Render `template` into an argv list.
 
     `inputs` maps every input name to its text form (None when unset); `outputs` maps every
-    output name to its path. A fragment whose inputs are not all set is dropped whole.
+    output name to its path. A fragment whose inputs are not all set is dropped whole. With `env`,
+    `$NAME`/`${NAME}` in the template are expanded from it first (by us: there is no shell), so
+    a value substituted afterwards is never expanded.
     """
 
     def keep_fragment(m: re.Match) -> str:
@@ -100,4 +118,7 @@ def render(template: str, inputs: Mapping[str, str | None], outputs: Mapping[str
             raise KeyError(f"{kind}.{name}")
         return v
 
-    return [PLACEHOLDER.sub(value, word) for word in shlex.split(expanded)]
+    words = shlex.split(expanded)
+    if env is not None:
+        words = [expand_env(word, env) for word in words]
+    return [PLACEHOLDER.sub(value, word) for word in words]

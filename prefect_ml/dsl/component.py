@@ -6,10 +6,11 @@ inside a `@pipeline` submits a step; outside a pipeline it runs the step at once
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +43,55 @@ class CommandWarning(UserWarning):
     """A component's command is valid but unsafe (e.g. a value inside a `bash -c` script)."""
 
 
+# Azure ML SDK spellings (see docs/azure.md): `type: mltable` is a folder with an MLTable file, staged
+# like uri_folder; `mode` is how Azure mounts data: a step here always sees a local path, which is
+# what these modes mean; `direct` (the URI itself) and the eval_* modes have no equivalent.
+AZURE_TYPES = {"mltable": "uri_folder"}
+INPUT_MODES = {"ro_mount", "download", "rw_mount", "mount"}
+OUTPUT_MODES = {"rw_mount", "upload", "mount"}
+ENVIRONMENT_RESOLVER = "prefect_ml.environments.aliases:resolve"  # a name: that code sits above this layer
+
+
+def _check_mode(mode: str | None, allowed: set[str], what: str) -> None:
+    if mode is not None and mode not in allowed:
+        raise ComponentError(
+            f"{what} mode {mode!r} has no equivalent here: a step always reads and writes local paths (inputs "
+            f"staged in, outputs published after the step). Drop 'mode' or use one of {sorted(allowed)}."
+        )
+
+
 @dataclass(frozen=True)
 class Input:
     """A typed component input.
 
+    `path` and `mode` are the Azure ML SDK's spellings: `path` is the default data (as `default`);
+    `mode` may be ro_mount/download (what a step here always gets: a local path).
+
     Example:
         Input(type="number", default=0.1, min=0.0, max=1.0, description="Learning rate")
+
+    In a function component the type may come from the annotation instead:
+    `Annotated[float, Input(min=0.0, max=1.0)]` (see `prefect_ml.dsl.function`).
     """
 
-    type: str
+    type: str = ""  # "" only until a function component fills it from the annotation; validate() refuses it
     default: Any = None
     optional: bool = False
     enum: list | None = None
     min: float | None = None
     max: float | None = None
     description: str = ""
+    path: InitVar[str | None] = None
+    mode: InitVar[str | None] = None
+
+    def __post_init__(self, path: str | None, mode: str | None) -> None:
+        _check_mode(mode, INPUT_MODES, "input")
+        if self.type in AZURE_TYPES:
+            object.__setattr__(self, "type", AZURE_TYPES[self.type])
+        if path is not None:
+            if self.default is not None and self.default != path:
+                raise ComponentError(f"Input: give 'path' or 'default', not both ({path!r} vs {self.default!r}).")
+            object.__setattr__(self, "default", str(path))
 
     @property
     def is_data(self) -> bool:
@@ -73,6 +108,19 @@ class Output:
 
     type: str = "uri_folder"
     description: str = ""
+    path: InitVar[str | None] = None
+    mode: InitVar[str | None] = None
+
+    def __post_init__(self, path: str | None, mode: str | None) -> None:
+        _check_mode(mode, OUTPUT_MODES, "output")
+        if self.type in AZURE_TYPES:
+            object.__setattr__(self, "type", AZURE_TYPES[self.type])
+        if path is not None:
+            raise ComponentError(
+                f"Output(path={path!r}): outputs are published under the artifact root by cache key "
+                "(PREFECT_ML_ARTIFACT_ROOT, or @pipeline(artifact_root=...)); drop 'path', and register the output "
+                "as a data asset if it needs a fixed name."
+            )
 
     @property
     def is_file(self) -> bool:
@@ -295,14 +343,17 @@ def _input_from(name: str, raw: Any, where: str) -> Input:
         return Input(type=raw)
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{where}: key 'inputs.{name}' must be a mapping with at least 'type'.")
-    allowed = {"type", "default", "optional", "enum", "min", "max", "description"}
+    allowed = {"type", "default", "optional", "enum", "min", "max", "description", "path", "mode"}
     extra = set(raw) - allowed
     if extra:
         raise ComponentError(f"{where}: key 'inputs.{name}': unknown field(s) {sorted(extra)}; allowed: "
             f"{sorted(allowed)}.")
     if "type" not in raw:
         raise ComponentError(f"{where}: key 'inputs.{name}' has no 'type'; use one of {list(INPUT_TYPES)}.")
-    return Input(**raw)
+    try:
+        return Input(**raw)
+    except ComponentError as exc:
+        raise ComponentError(f"{where}: key 'inputs.{name}': {exc}") from None
 
 
 def _output_from(name: str, raw: Any, where: str) -> Output:
@@ -312,11 +363,15 @@ def _output_from(name: str, raw: Any, where: str) -> Output:
         return Output(type=raw)
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{where}: key 'outputs.{name}' must be a mapping with at least 'type'.")
-    extra = set(raw) - {"type", "description", "mode"}
+    extra = set(raw) - {"type", "description", "mode", "path"}
     if extra:
         raise ComponentError(f"{where}: key 'outputs.{name}': unknown field(s) {sorted(extra)}; allowed: type, "
-            "description.")
-    return Output(type=raw.get("type", "uri_folder"), description=raw.get("description", ""))
+            "description, mode, path.")
+    try:
+        return Output(type=raw.get("type", "uri_folder"), description=raw.get("description", ""),
+                      path=raw.get("path"), mode=raw.get("mode"))
+    except ComponentError as exc:
+        raise ComponentError(f"{where}: key 'outputs.{name}': {exc}") from None
 
 
 def command(
@@ -366,13 +421,16 @@ def command(
     )
 
 
-def load_component(path: str | Path) -> Component:
+def load_component(path: str | Path | None = None, *, source: str | Path | None = None) -> Component:
     """Load a component from YAML in the Azure ML CLI v2 `commandComponent` form.
 
     Relative `code` paths resolve against the YAML file's directory; a missing `code` means that
-    directory. Errors name the file, the key and the fix.
+    directory. Errors name the file, the key and the fix. `source=` is the Azure ML SDK's spelling
+    of `path`. The environment is resolved and checked now (Azure forms: see docs/azure.md).
     """
-    path = Path(path).expanduser().resolve()
+    if (path is None) == (source is None):
+        raise ComponentError("load_component: give the YAML file's path (or source=...), once.")
+    path = Path(path if path is not None else str(source)).expanduser().resolve()
     if not path.is_file():
         raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
     try:
@@ -386,8 +444,17 @@ def load_component(path: str | Path) -> Component:
         raise ComponentError(f"{path}:{at}: invalid YAML: {yaml_problem(exc)}; fix the syntax there.") from exc
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
+    lines = {m.group(1): n for n, text in enumerate(path.read_text().splitlines(), 1)
+             if (m := re.match(r"^([A-Za-z_$][\w$]*)\s*:", text))}
+    return component_from_mapping(raw, path, lines=lines)
+
+
+def component_from_mapping(raw: Mapping[str, Any], path: Path, *, where: str | None = None,
+                           lines: Mapping[str, int] | None = None) -> Component:
+    """A component from its parsed YAML keys; `path` is the file its relative paths resolve against
+    (an inline component in a pipeline YAML: the pipeline's file); `lines`: top-level key -> line."""
     name = str(raw.get("name") or "")
-    where = f"component '{name}' ({path})"
+    where = where or f"component '{name}' ({path})"
     unknown = set(raw) - YAML_KEYS
     if unknown:
         raise ComponentError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys: {sorted(YAML_KEYS)}.")
@@ -398,22 +465,21 @@ def load_component(path: str | Path) -> Component:
         raise ComponentError(f"{path}: key 'name' is missing; give the component a name.")
     if "command" not in raw:
         raise ComponentError(f"{where}: key 'command' is missing; give the command to run.")
-    env = raw.get("environment")
-    if isinstance(env, Mapping):
-        raise ComponentError(f"{where}: key 'environment': give the name of an environment in environments/, not an "
-            "inline spec.")
     code = Path(str(raw.get("code", "."))).expanduser()
+    code = (path.parent / code).resolve() if not code.is_absolute() else code
+    at = f" line {lines['environment']}" if lines and "environment" in lines else ""
+    env = resolve_environment(raw.get("environment"), source=path, start=code, where=where + at)
     component = Component(
         name=name,
         command=str(raw["command"]).strip(),
-        code=(path.parent / code).resolve() if not code.is_absolute() else code,
+        code=code,
         inputs={k: _input_from(k, v, where) for k, v in (raw.get("inputs") or {}).items()},
         outputs={k: _output_from(k, v, where) for k, v in (raw.get("outputs") or {}).items()},
         version=str(raw.get("version", "1")),
         display_name=raw.get("display_name"),
         description=str(raw.get("description") or ""),
         tags={str(k): str(v) for k, v in (raw.get("tags") or {}).items()},
-        environment=str(env).removeprefix("azureml:") if env else None,
+        environment=env,
         environment_variables={str(k): str(v) for k, v in (raw.get("environment_variables") or {}).items()},
         infrastructure=raw.get("infrastructure"),
         cache=raw.get("is_deterministic", True),
@@ -422,3 +488,18 @@ def load_component(path: str | Path) -> Component:
         source=path,
     )
     return component
+
+
+def resolve_environment(env: Any, *, source: Path | None, start: Path | None, where: str) -> str | None:
+    """The local environment name for a component's `environment:` in any Azure form (a name,
+    `azureml:NAME:VERSION`, `NAME@latest`, a registry URI through the alias map, an inline spec),
+    checked now so that a missing or invalid environment fails at load."""
+    from prefect_ml.errors import PrefectMLError
+
+    if env is None or env == "":
+        return None
+    module, _, func = ENVIRONMENT_RESOLVER.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)(env, source=source, start=start)
+    except PrefectMLError as exc:
+        raise ComponentError(f"{where}: key 'environment': {exc}") from None

@@ -80,10 +80,12 @@ class PipelineRun:
             n = self.names[component.name]
         return component.name if n == 1 else f"{component.name}-{n}"
 
-    def submit(self, component: Component, kwargs: Mapping[str, Any]) -> Step:
-        """Validate a component call and submit it as a step (see `Component.__call__`)."""
+    def submit(self, component: Component, kwargs: Mapping[str, Any], name: str | None = None) -> Step:
+        """Validate a component call and submit it as a step (see `Component.__call__`).
+
+        `name` overrides the step (task run) name, e.g. a sweep's `train-trial-3`."""
         params = _bind(component, kwargs)
-        name = self.step_name(component)
+        name = name or self.step_name(component)
         if self.planning:
             return self._plan_step(component, params, name)
         future = _step_task(component, name).submit(quote(component), params, quote(self.spec), name)
@@ -255,6 +257,11 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
 
             get_run_logger().warning(f"could not write the pipeline summary artifact: {exc}")
         tracking.end_run(mlflow_run_id, ok)
+        # every queued MLflow write (steps' params, metrics, ends; gate tags; this run's end) lands
+        # before the flow returns, on success and on failure alike
+        from prefect import get_run_logger
+
+        tracking.flush(warn=get_run_logger().warning)
 
 
 def pipeline(
@@ -265,6 +272,7 @@ def pipeline(
     cache: bool = True,
     experiment: str | None = None,
     artifact_root: str | None = None,
+    default_compute: str | None = None,
     **flow_kwargs: Any,
 ) -> Any:
     """Turn a function into a pipeline: a Prefect flow whose component calls are steps.
@@ -275,6 +283,7 @@ def pipeline(
         cache: reuse steps whose cache key is unchanged (per-component and per-call `cache=` too).
         experiment: MLflow experiment (default: the flow name).
         artifact_root: fsspec URI for outputs (default: `PREFECT_ML_ARTIFACT_ROOT`).
+        default_compute: the Azure ML SDK's name for `infrastructure` (same meaning; give one of them).
         **flow_kwargs: passed to `prefect.flow` (retries, log_prints, description, ...).
 
     Example:
@@ -284,6 +293,11 @@ def pipeline(
             model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate)
             return {"model": model.outputs.model}
     """
+    if default_compute is not None:
+        if infrastructure is not None and infrastructure != default_compute:
+            raise TypeError(f"@pipeline: give infrastructure= or default_compute= (the Azure ML SDK's name for it), "
+                            f"not both ({infrastructure!r} vs {default_compute!r}).")
+        infrastructure = default_compute.removeprefix("azureml:")
     options = PipelineOptions(infrastructure=infrastructure, cache=cache, experiment=experiment,
                               artifact_root=artifact_root)
 

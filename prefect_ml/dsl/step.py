@@ -110,6 +110,7 @@ class Step:
         wrapped = getattr(self.future, "wrapped_future", None)
         while not (wrapped.done() if wrapped is not None else self.future.state.is_final()):
             self.future.wait(timeout=WAIT_SLICE_S)
+        self.future.wait()  # returns at once now; it records the final state, so `state` is not read from the API
 
     def finished_result(self) -> StepResult | None:
         """The `StepResult` if the step completed, None if it failed or never ran (does not raise)."""
