@@ -91,6 +91,25 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     return strip(a) == strip(b)
 
 
+def _check_regular(path: Path, what: str) -> None:
+    """A local data asset is regular files: a FIFO, socket or device (`/dev/zero`) would block or
+    never end when it is hashed, staged or copied."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # follows a symlink: what matters is what it leads to
+    except FileNotFoundError:
+        return  # list_files says it does not exist
+    if stat.S_ISDIR(mode):
+        for entry in path.rglob("*"):
+            if not (entry.is_file() or entry.is_dir()):
+                raise DataAssetError(f"cannot register {what}: {entry} is not a regular file (a FIFO, socket or "
+                                     "device); remove it from the folder.")
+    elif not stat.S_ISREG(mode):
+        raise DataAssetError(f"cannot register {what}: {path} is not a regular file or folder (a FIFO, socket or "
+                             "device); register a file or a folder.")
+
+
 def _version_key(v: str):
     return (0, int(v), "") if v.isdigit() else (1, 0, v)
 
@@ -166,6 +185,8 @@ class AssetRegistry:
         if not NAME_PATTERN.match(name or ""):
             raise DataAssetError(f"data asset name {name!r} is invalid; use letters, digits, '_', '-', '.'.")
         version = str(version or LATEST)
+        if version != LATEST and not NAME_PATTERN.match(version):  # e.g. '../../x': never a path to read
+            raise DataAssetError(f"data asset version {version!r} is invalid; use letters, digits, '_', '-', '.'.")
         if version != LATEST:
             found = self._read(name, version)
             if found:
@@ -249,8 +270,12 @@ class AssetRegistry:
             raise DataAssetError(f"version {version!r} is invalid; use letters, digits, '_', '-', '.' (not 'latest').")
         if type is not None and type not in TYPES:
             raise DataAssetError(f"type {type!r} is invalid; use one of {', '.join(TYPES)}.")
+        if not str(path or "").strip():
+            raise DataAssetError(f"cannot register {name}:{version}: the path is empty; give a file, folder or URI.")
         uri = storage.normalize(path)
         storage.check_location(uri)
+        if storage.is_local(uri):
+            _check_regular(storage.local_path(uri), f"{name}:{version}")
         try:
             files = storage.list_files(uri, full_hash=True)
         except StorageError as exc:

@@ -12,6 +12,9 @@ from typing import Any
 from prefect_ml.errors import ComponentError
 
 KEY_VERSION = "2"  # 2: env var values as digests
+# A code dir is source: these bounds stop `code: /` (or a data folder) from hashing a whole disk.
+MAX_CODE_FILES = 20_000
+MAX_CODE_BYTES = 512 * 2**20
 SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache"}
 
 
@@ -27,6 +30,7 @@ def code_digest(code_dir: Path) -> str:
     root = Path(code_dir).resolve()
     h = hashlib.sha256()
     seen: set[Path] = set()
+    n_files = n_bytes = 0
 
     def where(p: Path) -> str:
         return str(p.relative_to(code_dir)) if p.is_relative_to(code_dir) else str(p)
@@ -63,6 +67,14 @@ def code_digest(code_dir: Path) -> str:
                 raise ComponentError(
                     f"code dir {str(code_dir)!r}: {where(p)!r} is not a regular file (a FIFO, socket or device); "
                     "remove it from the code dir."
+                )
+            n_files += 1
+            n_bytes += os.stat(p).st_size
+            if n_files > MAX_CODE_FILES or n_bytes > MAX_CODE_BYTES:
+                raise ComponentError(
+                    f"code dir {str(code_dir)!r} holds more than {MAX_CODE_FILES} files or "
+                    f"{MAX_CODE_BYTES // 2**20} MiB; point `code` at the component's source folder, not at a "
+                    "data or home folder (data belongs in inputs)."
                 )
             h.update(where(p).encode() + b"\0")
             with open(p, "rb") as f:

@@ -184,3 +184,33 @@ def test_env_vars_in_a_command_are_expanded_without_a_shell():
                   {"x": "$NAME; rm -rf /"}, {}, env={"OUT_DIR": "/data", "NAME": "run1"})
     # a value substituted afterwards is never expanded, and unknown variables stay literal
     assert argv == ["python", "t.py", "--out", "/data/run1.csv", "--keep", "$UNSET", "--x", "$NAME; rm -rf /"]
+
+
+def test_a_code_dir_that_is_a_whole_disk_is_refused(tmp_path, monkeypatch):
+    from prefect_ml.runtime import cache_key
+
+    monkeypatch.setattr(cache_key, "MAX_CODE_FILES", 3)  # the real bound is 20,000 files / 512 MiB
+    for i in range(5):
+        (tmp_path / f"f{i}.py").write_text("x")
+    with pytest.raises(ComponentError, match="holds more than 3 files .* not at a data or home folder"):
+        code_digest(tmp_path)
+
+
+# --- data assets -------------------------------------------------------------------------------
+
+def test_data_asset_lookups_and_registrations_refuse_what_is_not_data(tmp_path, monkeypatch):
+    from prefect_ml.asset_registry import AssetRegistry
+    from prefect_ml.errors import DataAssetError
+
+    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "home"))
+    reg = AssetRegistry((tmp_path / "registry").as_uri())
+    (tmp_path / "registry").mkdir()
+    (tmp_path / "x.json").write_text('{"name": "x"}')
+    with pytest.raises(DataAssetError, match="version '../../x' is invalid"):
+        reg.get("credit", "../../x")
+    for bad, message in (("", "the path is empty"), ("/dev/zero", "not a regular file or folder")):
+        with pytest.raises(DataAssetError, match=message):
+            reg.register("credit", "1", bad)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(DataAssetError, match="not a regular file or folder"):
+        reg.register("credit", "1", str(tmp_path / "pipe"))
