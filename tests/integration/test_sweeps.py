@@ -172,9 +172,13 @@ def test_six_trials_three_at_a_time_pick_the_best_and_a_rerun_reuses_every_trial
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 6 and all("auc" in r.data.metrics and "x" in r.data.params for r in children)
 
-    with get_client(sync_client=True) as c:
-        artifact = c.read_artifacts()
-    table = [a for a in artifact if a.key == "sweep-score" and a.flow_run_id == state.state_details.flow_run_id]
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as c:  # filtered: the session's server holds every test's artifacts
+        table = c.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["sweep-score"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert table, "no sweep-score artifact on this flow run"
     rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
     assert [r["param.x"] for r in rows][:3] == [0.3, 0.2, 0.4]  # sorted by the objective, best first
 
