@@ -18,30 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.integration.conftest import ours
 from tests.paths import REPO
-from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
-
-MANAGED = "prefect-ml.managed"
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    ok, reason = docker_available()
-    require(ok, reason)
-    ok, reason = docker_image_available(os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE)
-    require(ok, reason)
-    import docker
-
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-def ours(client, **labels) -> list:
-    """Containers (running or not) that carry prefect-ml's labels (and the given ones)."""
-    filters = [MANAGED] + [f"{k}={v}" for k, v in labels.items()]
-    return client.containers.list(all=True, filters={"label": filters})
+from tests.servers import DEFAULT_BASE_IMAGE, docker_available
 
 
 @pytest.fixture(scope="module", autouse=True)

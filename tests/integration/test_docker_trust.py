@@ -23,29 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.integration.conftest import ours
 from tests.paths import REPO
-from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
-
-MANAGED = "prefect-ml.managed"
-
-
-@pytest.fixture(scope="module")
-def docker_client():
-    ok, reason = docker_available()
-    require(ok, reason)
-    ok, reason = docker_image_available(os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE)
-    require(ok, reason)
-    import docker
-
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-def ours(client, **labels) -> list:
-    filters = [MANAGED] + [f"{k}={v}" for k, v in labels.items()]
-    return client.containers.list(all=True, filters={"label": filters})
+from tests.servers import DEFAULT_BASE_IMAGE
 
 
 @pytest.fixture

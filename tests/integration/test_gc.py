@@ -8,24 +8,10 @@ import subprocess
 import sys
 import uuid
 
-import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import require
-from tests.servers import DEFAULT_BASE_IMAGE, ServiceUnavailable, docker_available, docker_image_available, moto_server
-
-
-@pytest.fixture
-def docker_client():
-    ok, reason = docker_available()
-    require(ok, reason)
-    ok, reason = docker_image_available(os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE)
-    require(ok, reason)
-    import docker
-
-    client = docker.from_env()
-    yield client
-    client.close()
+from tests.servers import DEFAULT_BASE_IMAGE, ServiceUnavailable, moto_server
 
 
 def test_gc_removes_containers_of_ended_pipelines_and_keeps_live_ones(ml_home, docker_client, monkeypatch, tmp_path):
