@@ -42,3 +42,12 @@ else
     echo "$_want" >>"$_stamp"
     _say "ready in $((SECONDS - _start)) s"
 fi
+
+# The tests run train_torch's CPU path in this venv. pip (not uv) takes the CPU build that a file on
+# these machines' disk holds (/opt/wheels); elsewhere it downloads torch from PyPI.
+if [ "${BOOTSTRAP_EXTRAS:-}" = test ] && ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+    _say "installing torch==2.13.0 (train_torch's tests) ..."
+    _start=$SECONDS
+    "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
+    _say "torch ready in $((SECONDS - _start)) s"
+fi
