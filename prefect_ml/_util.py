@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,21 @@ def safe_load_yaml(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def load_yaml_file(path: Path, error: Callable[[str], Exception], text: str | None = None) -> Any:
+    """Parse a spec file (`text`, when the caller has read it already) within the bounds above.
+
+    A YAML problem raises `error(message)`, the message naming the file and the position:
+    `<path>: line L, column C: invalid YAML: <problem>; fix the syntax there.` Anything else (an
+    OSError, a bug) propagates as it is: it is not the file's syntax.
+    """
+    try:
+        return safe_load_yaml(path.read_text() if text is None else text)
+    except YAMLLimitError as exc:
+        raise error(f"{path}: {exc}.") from None
+    except Exception as exc:  # yaml.YAMLError (yaml is imported lazily)
+        if not type(exc).__module__.startswith("yaml"):
+            raise
+        at = yaml_error_position(exc)
+        raise error(f"{path}:{at}: invalid YAML: {yaml_problem(exc)}; fix the syntax there.") from None

@@ -79,20 +79,13 @@ def _data_yaml(file: str) -> dict:
     """An Azure ML data asset YAML (the `data.schema.json` form); a relative path is relative to the file."""
     from pathlib import Path
 
-    from prefect_ml._util import YAMLLimitError, safe_load_yaml, yaml_error_position, yaml_problem
+    from prefect_ml._util import load_yaml_file
     from prefect_ml.errors import DataAssetError
 
     p = Path(file).expanduser().resolve()
     if not p.is_file():
         raise DataAssetError(f"data asset file {str(p)!r} does not exist; check the path.")
-    try:
-        raw = safe_load_yaml(p.read_text())
-    except YAMLLimitError as exc:
-        raise DataAssetError(f"{p}: {exc}.") from None
-    except Exception as exc:  # yaml.YAMLError (yaml is imported lazily); anything else is not a YAML problem
-        if not type(exc).__module__.startswith("yaml"):
-            raise
-        raise DataAssetError(f"{p}:{yaml_error_position(exc)}: invalid YAML: {yaml_problem(exc)}.") from None
+    raw = load_yaml_file(p, DataAssetError)
     if not isinstance(raw, dict):
         raise DataAssetError(f"{p}: expected a data asset mapping (name, version, type, path).")
     unknown = sorted(set(raw) - DATA_YAML_KEYS)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect_ml._util import safe_load_yaml, yaml_problem
+from prefect_ml._util import load_yaml_file
 from prefect_ml.errors import EnvironmentSpecError
 from prefect_ml.settings import get_settings
 
@@ -59,10 +59,7 @@ def load_aliases(start: Path | None = None) -> dict[str, tuple[str, Path]]:
     """Azure name -> (local environment name, map file), from every alias map found."""
     out: dict[str, tuple[str, Path]] = {}
     for f in alias_files(start):
-        try:
-            raw = safe_load_yaml(f.read_text()) or {}
-        except Exception as exc:
-            raise EnvironmentSpecError(f"{f}: invalid alias map ({yaml_problem(exc)}); fix the syntax.") from None
+        raw = load_yaml_file(f, EnvironmentSpecError) or {}
         if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
             raise EnvironmentSpecError(f"{f}: an alias map maps Azure environment names to local environment names "
                                        "(`AzureML-sklearn-1.0-ubuntu20.04-py38-cpu: sklearn-cpu`).")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prefect_ml._util import safe_load_yaml, yaml_problem
+from prefect_ml._util import load_yaml_file
 from prefect_ml.errors import EnvironmentSpecError
 
 CONDA_ONLY = {
@@ -28,13 +28,8 @@ _DEPENDENCY = re.compile(r"^([A-Za-z0-9_.-]+)\s*(.*)$")
 
 def conda_pip_requirements(conda_file: Path) -> list[str]:
     """The pip-installable part of a conda file (see the module docstring for the rule)."""
-    import yaml
-
     where = str(conda_file)
-    try:
-        raw = safe_load_yaml(conda_file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise EnvironmentSpecError(f"{where}: invalid YAML ({yaml_problem(exc)}); fix the syntax.") from exc
+    raw = load_yaml_file(conda_file, EnvironmentSpecError) or {}
     deps = raw.get("dependencies", []) if isinstance(raw, dict) else None
     if not isinstance(deps, list):
         raise EnvironmentSpecError(f"{where}: key 'dependencies' must be a list.")

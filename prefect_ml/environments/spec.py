@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect_ml._util import safe_load_yaml, yaml_error_position, yaml_problem
+from prefect_ml._util import load_yaml_file
 from prefect_ml.environments.conda import conda_pip_requirements
 from prefect_ml.errors import EnvironmentSpecError
 from prefect_ml.settings import get_settings
@@ -204,15 +204,8 @@ def load_environment(name_or_path: str | Path, start: Path | None = None) -> Env
 
 def parse_spec(spec_file: Path) -> Environment:
     """Validate one environment.yaml; every error names the file, the key and the fix."""
-    import yaml
-
     where = str(spec_file)
-    try:
-        raw = safe_load_yaml(spec_file.read_text())
-    except yaml.YAMLError as exc:
-        position = yaml_error_position(exc)
-        at = f" at{position}" if position else ""
-        raise EnvironmentSpecError(f"{where}: invalid YAML{at} ({yaml_problem(exc)}); fix the syntax.") from exc
+    raw = load_yaml_file(spec_file, EnvironmentSpecError)
     if not isinstance(raw, dict):
         raise EnvironmentSpecError(f"{where}: expected a mapping with keys {sorted(SPEC_KEYS)}, got "
             f"{type(raw).__name__}.")

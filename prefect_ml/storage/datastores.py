@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from prefect_ml._util import safe_load_yaml, yaml_problem
+from prefect_ml._util import load_yaml_file
 from prefect_ml.errors import StorageError
 
 MAP_FILE = "datastores.yaml"
@@ -42,10 +42,7 @@ def load_map() -> tuple[dict[str, str], list[Path]]:
     for f in files:
         if not f.is_file():
             continue
-        try:
-            raw = safe_load_yaml(f.read_text()) or {}
-        except Exception as exc:
-            raise StorageError(f"{f}: invalid datastore map ({yaml_problem(exc)}); fix the syntax.") from None
+        raw = load_yaml_file(f, StorageError) or {}
         if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
             raise StorageError(f"{f}: a datastore map maps names to root URIs (`workspaceblobstore: abfs://container`).")
         for k, v in raw.items():

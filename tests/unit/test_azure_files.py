@@ -215,7 +215,7 @@ def test_environment_problems_fail_at_load(tmp_path):
     with pytest.raises(ComponentError, match=r"key 'environment'.*'requirements.txt', which does not exist"):
         load_component(component_with_env(root / "components", "broken"))
     (env_dir / "broken" / "environment.yaml").write_text("name: broken\nversion: [1\n")
-    with pytest.raises(ComponentError, match=r"environment.yaml: invalid YAML at line \d+"):
+    with pytest.raises(ComponentError, match=r"environment.yaml: line \d+, column \d+: invalid YAML"):
         load_component(component_with_env(root / "components", "broken"))
     with pytest.raises(ComponentError, match=r"unknown environment 'ghost'"):
         load_component(component_with_env(root / "components", "ghost"))

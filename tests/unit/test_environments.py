@@ -61,7 +61,7 @@ def test_bad_yaml_and_unknown_keys_name_the_file(envs):
     from prefect_ml.errors import EnvironmentSpecError
 
     make_env(envs, "badyaml", "name: badyaml\nrequirements: [unclosed\n")
-    with pytest.raises(EnvironmentSpecError, match=r"badyaml/environment.yaml: invalid YAML at line \d+"):
+    with pytest.raises(EnvironmentSpecError, match=r"badyaml/environment.yaml: line \d+, column \d+: invalid YAML"):
         load_environment("badyaml")
     make_env(envs, "typo", "name: typo\nrequirement: requirements.txt\n")
     with pytest.raises(EnvironmentSpecError, match=r"unknown key\(s\) \['requirement'\]; allowed keys are"):
