@@ -7,13 +7,14 @@ tests/unit/conftest.py keeps the unit tier off every server.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.paths import REPO, SHARED_DATA
 
-__all__ = ["REPO", "SHARED_DATA", "require"]  # `from tests.conftest import REPO, SHARED_DATA` keeps working
+__all__ = ["REPO", "SHARED_DATA", "make_env", "require"]  # `from tests.conftest import REPO, SHARED_DATA` keeps working
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -39,3 +40,32 @@ def ml_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("PREFECT_ML_INFRASTRUCTURE", raising=False)
     return home
+
+
+def make_env(root: Path, name: str, spec: str, files: dict[str, str] | None = None) -> Path:
+    """Write `root/environments/<name>/environment.yaml` (and `files` beside it); returns the folder."""
+    d = root / "environments" / name
+    d.mkdir(parents=True)
+    (d / "environment.yaml").write_text(textwrap.dedent(spec))
+    for fname, text in (files or {}).items():
+        (d / fname).write_text(textwrap.dedent(text))
+    return d
+
+
+@pytest.fixture
+def envs(tmp_path, ml_home, monkeypatch) -> Path:
+    """An `environments/` root found through PREFECT_ML_ENVIRONMENTS_DIR (write into it with `make_env`)."""
+    monkeypatch.setenv("PREFECT_ML_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
+    (tmp_path / "environments").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """A small local data folder: credit.csv and folder/p1.csv, folder/p2.csv."""
+    d = tmp_path / "data"
+    (d / "folder").mkdir(parents=True)
+    (d / "credit.csv").write_text("a,b\n1,2\n")
+    (d / "folder" / "p1.csv").write_text("1\n")
+    (d / "folder" / "p2.csv").write_text("2\n")
+    return d

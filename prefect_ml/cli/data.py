@@ -8,6 +8,7 @@ import json
 import typer
 
 from prefect_ml.cli._errors import fail
+from prefect_ml.cli._table import print_table
 from prefect_ml.errors import PrefectMLError
 
 app = typer.Typer(no_args_is_help=True)
@@ -132,9 +133,7 @@ def list_assets(
         return
     rows = [("NAME", "VERSION", "TYPE", "SIZE", "REGISTERED", "URI")]
     rows += [(v.name, v.version, v.type, _size(v.size), _when(v.created_at), v.uri) for v in versions]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    print_table(rows)
 
 
 @app.command("show")

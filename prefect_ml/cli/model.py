@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from prefect_ml.cli._errors import user_errors
+from prefect_ml.cli._table import print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,12 +24,6 @@ def _metrics(metrics: dict[str, float], limit: int = 3) -> str:
 
     keys = [k for k in KEY_METRICS if k in metrics] + sorted(k for k in metrics if k not in KEY_METRICS)
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys[:limit]) or "-"
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
 
 
 @app.command("list")
@@ -51,7 +46,7 @@ def list_versions(
     for d in versions:
         rows.append((str(d["version"]), ",".join(f"@{a}" for a in d["aliases"]) or "-", d["status"] or "-",
                      _metrics(d["metrics"]), d["created"], d["source_run"] or "-"))
-    _table(rows)
+    print_table(rows)
 
 
 @app.command("show")

@@ -4,33 +4,13 @@ missing base image with pull policy `never` (specs, hashes, venvs and the CLI: t
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import make_env, require
 from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
-
-
-def make_env(root: Path, name: str, spec: str, files: dict[str, str] | None = None) -> Path:
-    d = root / "environments" / name
-    d.mkdir(parents=True)
-    (d / "environment.yaml").write_text(textwrap.dedent(spec))
-    for fname, text in (files or {}).items():
-        (d / fname).write_text(textwrap.dedent(text))
-    return d
-
-
-@pytest.fixture
-def envs(tmp_path, ml_home, monkeypatch) -> Path:
-    """An `environments/` root found through PREFECT_ML_ENVIRONMENTS_DIR."""
-    monkeypatch.setenv("PREFECT_ML_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
-    (tmp_path / "environments").mkdir()
-    return tmp_path
-
 
 # --- images (real engine) ---------------------------------------------------------------------
 

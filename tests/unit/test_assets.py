@@ -13,16 +13,6 @@ from prefect_ml.errors import DataAssetError
 
 
 @pytest.fixture
-def data(tmp_path):
-    d = tmp_path / "data"
-    (d / "folder").mkdir(parents=True)
-    (d / "credit.csv").write_text("a,b\n1,2\n")
-    (d / "folder" / "p1.csv").write_text("1\n")
-    (d / "folder" / "p2.csv").write_text("2\n")
-    return d
-
-
-@pytest.fixture
 def reg(ml_home):
     return AssetRegistry.default()
 
