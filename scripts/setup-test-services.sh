@@ -2,6 +2,8 @@
 # Prepare the real services the integration tests use, all on this machine:
 #   - a Docker engine (dockerd without a bridge network: containers use network_mode=host)
 #   - the local base image for step containers (built with scripts/make-base-image.sh)
+#   - a second Docker engine on tcp://127.0.0.1:2376 only (the "remote" engine of
+#     tests/integration/test_remote_engine.py), with the base image loaded into it
 #   - Azurite (Azure Blob emulator) installed with npm into .cache/node
 # moto, the MLflow server and the Prefect server come from the Python venv; the tests
 # start and stop every server themselves, on 127.0.0.1 only (see tests/servers.py).
@@ -14,6 +16,7 @@
 # Environment:
 #   PREFECT_ML_TEST_STATE   state dir for logs (default: .cache/test-services)
 #   PREFECT_ML_BASE_IMAGE   base image name (default: prefect-ml/base:bookworm)
+#   PREFECT_ML_REMOTE_DOCKER_PORT  port of the second engine (default: 2376; 127.0.0.1 only)
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -136,6 +139,87 @@ else
         ready+=("base image $BASE_IMAGE")
     else
         missing+=("base image $BASE_IMAGE (scripts/make-base-image.sh failed)")
+    fi
+fi
+
+# --- 3b. a second Docker engine, standing in for a remote one ------------------------------
+# Its own data root, exec root (and managed containerd), pid file, engine id (key file), config
+# and unix socket; listens on tcp://127.0.0.1:PORT (loopback only, no TLS: tests only). No bridge
+# network and no iptables, like the first, so it never touches the default bridge.
+REMOTE_PORT="${PREFECT_ML_REMOTE_DOCKER_PORT:-2376}"
+REMOTE_HOST="tcp://127.0.0.1:$REMOTE_PORT"
+REMOTE_ROOT="/var/lib/docker-remote"
+REMOTE_EXEC="/var/run/docker-remote"
+REMOTE_PIDFILE="/var/run/docker-remote.pid"
+REMOTE_SOCK="unix:///var/run/docker-remote.sock"
+remote_up() { have docker && docker -H "$REMOTE_HOST" info >/dev/null 2>&1; }
+remote_pid() {
+    local pid
+    pid="$(cat "$REMOTE_PIDFILE" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+if remote_up; then
+    :
+elif ! have dockerd; then
+    missing+=("second Docker engine on $REMOTE_HOST (docker.io is not installed)")
+elif ! is_root; then
+    missing+=("second Docker engine on $REMOTE_HOST (not running, and starting dockerd needs root)")
+else
+    pid="$(remote_pid)"
+    if [ -n "$pid" ]; then
+        say "second dockerd (pid $pid) is starting; waiting for it ..."
+    else
+        say "starting a second dockerd on $REMOTE_HOST (log: $STATE/dockerd-remote.log) ..."
+        mkdir -p "$REMOTE_ROOT" "$REMOTE_EXEC" "$STATE/docker-remote"
+        # Engine 20.10 derives its ID from a key file (default /etc/docker/key.json, shared with the
+        # first engine); its config key "deprecated-key-path" gives the second engine a key (an ID) of
+        # its own. Engines from 23.0 keep the ID in the data root and do not know the key.
+        remote_conf='{}'
+        if grep -q -a -- 'deprecated-key-path' "$(command -v dockerd)" 2>/dev/null; then
+            remote_conf="{\"deprecated-key-path\": \"$REMOTE_ROOT/key.json\"}"
+        fi
+        echo "$remote_conf" >"$STATE/docker-remote/daemon.json"
+        setsid nohup dockerd --config-file "$STATE/docker-remote/daemon.json" \
+            --data-root "$REMOTE_ROOT" --exec-root "$REMOTE_EXEC" --pidfile "$REMOTE_PIDFILE" \
+            -H "$REMOTE_SOCK" -H "$REMOTE_HOST" \
+            --bridge=none --iptables=false --ip6tables=false \
+            >>"$STATE/dockerd-remote.log" 2>&1 </dev/null 9>&- &
+        pid=$!
+    fi
+    start=$SECONDS
+    until remote_up; do
+        if ! kill -0 "$pid" 2>/dev/null && ! remote_pid >/dev/null; then
+            warn "error: the second dockerd exited during startup; last lines of $STATE/dockerd-remote.log:"
+            tail -n 20 "$STATE/dockerd-remote.log" >&2
+            break
+        fi
+        if [ $((SECONDS - start)) -ge "$DOCKERD_TIMEOUT" ]; then
+            warn "error: the second dockerd (pid $pid) did not answer within ${DOCKERD_TIMEOUT} s"
+            tail -n 20 "$STATE/dockerd-remote.log" >&2
+            break
+        fi
+        sleep 1
+    done
+    remote_up && say "second dockerd up after $((SECONDS - start)) s"
+    remote_up || missing+=("second Docker engine on $REMOTE_HOST (see $STATE/dockerd-remote.log)")
+fi
+
+if remote_up; then
+    if [ "$(docker -H "$REMOTE_HOST" info -f '{{.ID}}' 2>/dev/null)" = "$(docker info -f '{{.ID}}' 2>/dev/null)" ]; then
+        warn "note: the second engine reports the same engine ID as the first"
+    fi
+    if docker -H "$REMOTE_HOST" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        ready+=("second Docker engine $REMOTE_HOST with $BASE_IMAGE")
+    elif docker_up && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        say "loading $BASE_IMAGE into the second engine ..."
+        if docker save "$BASE_IMAGE" | docker -H "$REMOTE_HOST" load >>"$STATE/dockerd-remote.log" 2>&1; then
+            ready+=("second Docker engine $REMOTE_HOST with $BASE_IMAGE")
+        else
+            missing+=("$BASE_IMAGE in the second engine (docker save | docker -H $REMOTE_HOST load failed)")
+        fi
+    else
+        missing+=("$BASE_IMAGE in the second engine (it needs the image in the first engine)")
     fi
 fi
 

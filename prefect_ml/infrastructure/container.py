@@ -10,6 +10,9 @@ What the container sees (the step contract; docs/docker.md lists the same):
                                   "relay"): what the step logs there is copied into the step's real
                                   MLflow run by the host afterwards, and the dir is then deleted
 Nothing else of the host is mounted: not PREFECT_ML_HOME, not the artifact root, not the MLflow store.
+On an engine on another machine (`ContainerOptions.transfer == "copy"`, decided by
+`docker_client.engine_transfer`) the same paths are copied in before the start and the read-write ones
+copied back after the exit, through the Docker API (`prefect_ml.infrastructure.archive`): no bind mount.
 Containers run with network mode `none` and, by default, as a non-root user (the host's uid:gid, or
 65534:65534 "nobody" when the pipeline runs as root); the output dirs are handed to that user before
 the run and back to the host user after it. A block can opt into `network_mode="host"` (then an
@@ -28,6 +31,7 @@ inside the functions.
 from __future__ import annotations
 
 import atexit
+import glob
 import json
 import math
 import os
@@ -35,18 +39,21 @@ import shlex
 import shutil
 import socket
 import stat
+import subprocess
+import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from prefect_ml._compat import task_cancel_event
 from prefect_ml.environments import ca_bundle
 from prefect_ml.errors import InfrastructureError
+from prefect_ml.infrastructure.archive import Place, pack, unpack
 from prefect_ml.infrastructure.base import LineTail, StepJob, StepOutcome
 from prefect_ml.infrastructure.docker_client import short_error
 
@@ -87,6 +94,9 @@ class ContainerOptions:
     gpus: Any = None  # the GPU request as configured, for messages
     stop_timeout: int = 5
     poll_interval: float = 0.1
+    # how the step's files reach the container: bind mounts ("mount": the engine is on this machine)
+    # or copies through the Docker API ("copy": a remote engine; prefect_ml.infrastructure.archive)
+    transfer: str = "mount"
 
     @property
     def run_as(self) -> str:
@@ -218,11 +228,17 @@ def run_container(client, job: StepJob, image: str, options: ContainerOptions, l
     sweep_orphans(client, log)
     bundle = ca_bundle(explicit_only=True)  # the runtime CA bundle: only an explicitly configured one
     with mlflow_relay(job, options, log) as relay:
-        mounts, path_map = container_mounts(job, options, bundle, relay=relay)
+        if options.transfer == "copy":
+            places, path_map = step_places(job, options, bundle, relay=relay)
+            mounts = _volume_mounts(options)
+        else:
+            places = []
+            mounts, path_map = container_mounts(job, options, bundle, relay=relay)
         env = container_environment(job, options, bundle, relay=relay)
         argv = job.argv(path_map, env)
-        log(f"command: {shlex.join(argv)} (image {image}, user {options.run_as}, network {options.network_mode})")
-        return _run(client, job, image, argv, env, mounts, options, log)
+        log(f"command: {shlex.join(argv)} (image {image}, user {options.run_as}, network {options.network_mode}"
+            f"{', files copied: the engine is not on this machine' if options.transfer == 'copy' else ''})")
+        return _run(client, job, image, argv, env, mounts, options, log, copied=places)
 
 
 def _readable_by(path: Path, uid: int, gid: int | None, *, directory: bool) -> bool:
@@ -254,14 +270,13 @@ def _check_readable(job: StepJob, options: ContainerOptions, what: str, path: Pa
     )
 
 
-def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
-                     relay: Path | None = None):
-    """The bind mounts of a step's container, and a function host path -> path in the container."""
-    from docker.types import Mount
-
+def step_places(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
+                relay: Path | None = None) -> tuple[list[Place], Callable[[Path], str]]:
+    """What of this machine the step's container sees, and where (bind mounts, or copies on a remote
+    engine: `prefect_ml.infrastructure.archive`), and a function host path -> path in the container."""
     code = Path(job.code_dir).resolve()
     _check_readable(job, options, "the code dir", code)
-    mounts: list = [Mount(CODE_DIR, str(code), type="bind", read_only=True)]
+    places: list[Place] = [Place(code, CODE_DIR)]
     path_map: dict[str, str] = {}
     for name, host in job.data_inputs.items():
         host = Path(host).resolve()
@@ -271,28 +286,43 @@ def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | Non
         target = f"{INPUTS_DIR}/{name}"
         if host.is_file():
             target = f"{target}/{host.name}"
-        mounts.append(Mount(target, str(host), type="bind", read_only=True))
+        places.append(Place(host, target))
         path_map[str(host)] = target
     parents = sorted({str(Path(p).resolve().parent) for p in job.outputs.values()})
     for i, parent in enumerate(parents):
         target = OUTPUTS_DIR if len(parents) == 1 else f"{OUTPUTS_DIR}/{i}"
         Path(parent).mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(target, parent, type="bind", read_only=False))
+        places.append(Place(Path(parent), target, writable=True))
         for p in job.outputs.values():
             rp = Path(p).resolve()
             if str(rp.parent) == parent:
                 path_map[str(rp)] = f"{target}/{rp.name}"
     if relay is not None:
-        mounts.append(Mount(RELAY_DIR, str(relay), type="bind", read_only=False))
-    for src, dst, read_only in options.volumes:
-        mounts.append(Mount(dst, src, type="bind", read_only=read_only))
+        places.append(Place(relay, RELAY_DIR, writable=True))
     if bundle:
-        mounts.append(Mount(CA_PATH, str(bundle), type="bind", read_only=True))
+        places.append(Place(Path(bundle), CA_PATH))
 
     def to_container(p: Path) -> str:
         return path_map.get(str(Path(p).resolve()), str(p))
 
-    return mounts, to_container
+    return places, to_container
+
+
+def container_mounts(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
+                     relay: Path | None = None):
+    """The bind mounts of a step's container, and a function host path -> path in the container."""
+    from docker.types import Mount
+
+    places, to_container = step_places(job, options, bundle, relay=relay)
+    mounts = [Mount(p.target, str(p.host), type="bind", read_only=not p.writable) for p in places]
+    return mounts + _volume_mounts(options), to_container
+
+
+def _volume_mounts(options: ContainerOptions) -> list:
+    """The block's own `volumes`: paths on the engine's machine, mounted in either transfer mode."""
+    from docker.types import Mount
+
+    return [Mount(dst, src, type="bind", read_only=read_only) for src, dst, read_only in options.volumes]
 
 
 def container_environment(job: StepJob, options: ContainerOptions, bundle: Path | None = None, *,
@@ -516,7 +546,9 @@ def _give_back_in_process(paths: list[str]) -> None:
 
 
 def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str], mounts: list,
-         options: ContainerOptions, log: Log) -> StepOutcome:
+         options: ContainerOptions, log: Log, copied: list[Place] | None = None) -> StepOutcome:
+    """Create, (copy in,) start, stream, wait, (copy out,) remove. `copied`: the places to copy in
+    and out instead of mounting them (a remote engine)."""
     import docker.errors
     from docker.types import DeviceRequest
 
@@ -552,6 +584,8 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
     cancelled = task_cancel_event()
     started = False
     try:
+        if copied:
+            _copy_in(container, copied, options, log)
         try:
             container.start()
             started = True
@@ -579,6 +613,8 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
                       "or use less memory")
         elif code == 137:
             reason = "killed (SIGKILL)"
+        if copied:
+            _copy_out(container, job, copied, outputs=code == 0 and reason is None, log=log)
         return StepOutcome(exit_code=code, last_lines=list(tail), reason=reason)
     finally:
         _remove(container, options.stop_timeout)
@@ -587,6 +623,145 @@ def _run(client, job: StepJob, image: str, argv: list[str], env: dict[str, str],
         if started:
             # also after a failure or a stop: the staging dirs are then discarded by the host
             _fix_ownership(client, image, mounts, options)
+
+
+def _copy_in(container, places: list[Place], options: ContainerOptions, log: Log) -> None:
+    """Put the step's files where the mounts would have put them, before the container starts."""
+    import docker.errors
+
+    uid, gid = _ids(options.run_as)
+    parents: set[str] = set()
+    for p in places:
+        parent = PurePosixPath(p.target).parent
+        while len(parent.parts) > 2 or (len(parent.parts) == 2 and str(parent) == "/prefect-ml"):
+            parents.add(str(parent))  # /prefect-ml/... and e.g. /etc/prefect-ml, never /etc itself
+            parent = parent.parent
+    started = time.monotonic()
+    try:
+        archive, count, size = pack(places, uid=uid, gid=gid, dirs=sorted(parents))
+    except OSError as exc:  # e.g. a file in an input dir this process may not read
+        raise InfrastructureError(f"{options.who}: could not pack the step's files to copy them into its "
+                                  f"container: {exc}") from None
+    try:
+        container.put_archive("/", archive)
+    except (docker.errors.APIError, OSError) as exc:
+        raise InfrastructureError(
+            f"{options.who}: could not copy the step's files into its container: {short_error(exc)}") from exc
+    finally:
+        archive.close()
+    log(f"copied {count} file(s) ({size / 1e6:.1f} MB) into the container in {time.monotonic() - started:.2f} s "
+        "(the engine is not on this machine: no bind mounts)")
+
+
+def _copy_out(container, job: StepJob, places: list[Place], *, outputs: bool, log: Log) -> None:
+    """After the container exited: its outputs (only after a success: a failed step publishes nothing)
+    and its MLflow relay store back into their host dirs."""
+    import docker.errors
+
+    started = time.monotonic()
+    count = size = 0
+    for p in places:
+        if not p.writable:
+            continue
+        relay = p.target == RELAY_DIR
+        if not (relay or outputs):
+            continue
+        try:
+            stream, _ = container.get_archive(p.target)
+            n, b = unpack(stream, PurePosixPath(p.target).name, p.host)
+            if not relay:
+                count, size = count + n, size + b
+        except (docker.errors.APIError, OSError, tarfile.TarError) as exc:
+            if relay:  # the step's result does not depend on its extra logging
+                log(f"warning: could not copy the step's MLflow store out of its container: {short_error(exc)}")
+                continue
+            what = (f"it wrote a link out of its outputs ({exc})" if isinstance(exc, tarfile.FilterError)
+                    else short_error(exc))
+            raise InfrastructureError(
+                f"step '{job.step_name}': could not copy its outputs out of the container: {what}") from None
+    if outputs:
+        log(f"copied {count} output file(s) ({size / 1e6:.1f} MB) out of the container in "
+            f"{time.monotonic() - started:.2f} s")
+
+
+# --- GPUs: checked before the image is built (a GPU image is large) ------------------------------------
+
+GPU_DOCS = "docs/gpu.md"
+GPU_HOOKS = ("nvidia-container-runtime-hook", "nvidia-container-runtime", "nvidia-ctk")
+
+
+def machine_gpu() -> tuple[bool, str]:
+    """(whether this machine has an NVIDIA GPU with its driver, what was seen)."""
+    devices = sorted(glob.glob("/dev/nvidia[0-9]*"))
+    if devices:
+        return True, ", ".join(devices)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False, "no /dev/nvidia* device, no nvidia-smi"
+    try:
+        done = subprocess.run([smi, "-L"], check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"no /dev/nvidia* device, nvidia-smi -L failed: {exc}"
+    out = (done.stdout or "").strip()
+    if done.returncode == 0 and out.startswith("GPU"):
+        return True, out.splitlines()[0]
+    said = ((done.stderr or "").strip() or out or f"exit code {done.returncode}").splitlines()[0][:200]
+    return False, f"no /dev/nvidia* device, nvidia-smi -L: {said}"
+
+
+def engine_gpu_support(info: dict, *, local: bool) -> tuple[bool, str]:
+    """(whether the engine can give a container NVIDIA GPUs, what was seen) from its `info()`: an
+    `nvidia` runtime, CDI spec dirs (engines 25+), or, on this machine, the NVIDIA hook on the PATH
+    (with it an engine selects the `nvidia` device driver without a registered runtime)."""
+    runtimes = sorted((info.get("Runtimes") or {}).keys())
+    nvidia = [r for r in runtimes if "nvidia" in r]
+    if nvidia:
+        return True, f"runtime {nvidia[0]}"
+    cdi = [str(d) for d in info.get("CDISpecDirs") or []]
+    if cdi and (not local or any(Path(d).is_dir() and any(Path(d).glob("*nvidia*")) for d in cdi)):
+        return True, f"CDI spec dirs {', '.join(cdi)}"
+    hooks = [h for h in GPU_HOOKS if local and shutil.which(h)]
+    if hooks:
+        return True, f"{hooks[0]} on the PATH"
+    return False, f"runtimes: {', '.join(runtimes) or 'none'}; no CDI devices"
+
+
+def gpu_problem(who: str, gpus: Any, where: str, *, machine: tuple[bool, str] | None,
+                engine: tuple[bool, str]) -> str | None:
+    """The one-line error for a GPU block that cannot get GPUs, naming what is missing: the GPU (with
+    its driver) on this machine, or the NVIDIA container runtime in the engine (or both); None when
+    both are there. `machine` is None for an engine on another machine (its GPUs cannot be seen)."""
+    no_gpu = machine is not None and not machine[0]
+    no_runtime = not engine[0]
+    if not (no_gpu or no_runtime):
+        return None
+    head = f"{who} requests GPUs (gpus={gpus!r}) but "
+    toolkit = ("install the NVIDIA Container Toolkit on the engine's machine and register it "
+               "(`nvidia-ctk runtime configure --runtime=docker`, then restart dockerd)")
+    process = (f"a GPU machine without Docker can run the GPU deployment with the `process` infrastructure "
+               f"block instead (see {GPU_DOCS}).")
+    if no_gpu and no_runtime:
+        return (f"{head}this machine has no NVIDIA GPU or driver ({machine[1] if machine else ''}) and the Docker "
+                f"engine at {where} has no NVIDIA container runtime ({engine[1]}). Run the step on a GPU machine "
+                f"with the NVIDIA driver and the NVIDIA Container Toolkit, or on a block without gpus; {process}")
+    if no_gpu:
+        return (f"{head}this machine has no NVIDIA GPU or driver ({machine[1] if machine else ''}); its Docker engine "
+                f"is ready for GPUs ({engine[1]}). Run the step on a GPU machine (install the NVIDIA driver "
+                f"there), or on a block without gpus; {process}")
+    return (f"{head}the Docker engine at {where} has no NVIDIA container runtime ({engine[1]}): {toolkit}, "
+            f"or use a block without gpus; {process}")
+
+
+def check_gpus(client, options: ContainerOptions, where: str, *, local: bool) -> None:
+    """Raise `InfrastructureError` when a GPU block's engine or machine cannot give the step GPUs."""
+    try:
+        info = client.info()
+    except Exception:  # the engine answered a ping a moment ago; the start error remains the fallback
+        return
+    problem = gpu_problem(options.who, options.gpus, where, machine=machine_gpu() if local else None,
+                          engine=engine_gpu_support(info, local=local))
+    if problem:
+        raise InfrastructureError(problem)
 
 
 def _start_error(exc, options: ContainerOptions) -> InfrastructureError:

@@ -20,8 +20,8 @@ from pydantic import Field, field_validator
 
 from prefect_ml._compat import block_document_name
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
-from prefect_ml.infrastructure.container import ContainerOptions, run_container
-from prefect_ml.infrastructure.docker_client import docker_client
+from prefect_ml.infrastructure.container import ContainerOptions, check_gpus, run_container
+from prefect_ml.infrastructure.docker_client import docker_client, engine_address, engine_is_local, engine_transfer
 
 GpuRequest = int | str | list[str] | None
 
@@ -134,6 +134,12 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
     stop_timeout: int = Field(default=5, ge=0, description="Seconds between SIGTERM and SIGKILL when a step is "
         "stopped.")
     poll_interval: float = Field(default=0.1, gt=0, description="Seconds between checks for the end of the container.")
+    transfer: Literal["auto", "mount", "copy"] = Field(
+        default="auto",
+        description="How a step's code, inputs and outputs reach its container: 'mount' (bind mounts: the engine "
+            "is on this machine), 'copy' (copied in and out through the Docker API: an engine on another machine), "
+            "or 'auto' (default: mount for this machine's engine, copy for any other).",
+    )
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -202,13 +208,20 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         """Resolve the step's image (building its environment if needed) and run it in a container."""
         client = self._client()
         try:
+            if parse_gpus(self.gpus) is not None:  # before the image: a GPU image is large
+                check_gpus(client, self.container_options(), engine_address(self.docker_host),
+                           local=engine_is_local(client, self.docker_host))
+            transfer, why = engine_transfer(client, self.transfer, self.docker_host)
+            if transfer == "copy":
+                log(f"the step's files are copied into and out of its container ({why})")
             image = self._image(job, client, log)
-            return run_container(client, job, image, self.container_options(), log)
+            return run_container(client, job, image, self.container_options(transfer), log)
         finally:
             client.close()
 
-    def container_options(self) -> ContainerOptions:
-        """This block's settings for `prefect_ml.infrastructure.container.run_container`."""
+    def container_options(self, transfer: str = "mount") -> ContainerOptions:
+        """This block's settings for `prefect_ml.infrastructure.container.run_container`; `transfer`:
+        'mount' or 'copy', as `docker_client.engine_transfer` decides from the block's `transfer`."""
         return ContainerOptions(
             who=self._block_label(),
             network_mode=self.network_mode,
@@ -222,6 +235,7 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
             gpus=self.gpus,
             stop_timeout=self.stop_timeout,
             poll_interval=self.poll_interval,
+            transfer=transfer,
         )
 
     # --- parts ---------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 from the environment (DOCKER_HOST or the local socket), and pings it, so an engine that is not there
 is one readable error (`InfrastructureError`) instead of a traceback from deep in docker-py.
 
-docker-py is imported inside the function: importing this module does not import it.
+It also tells whether an engine is this machine's (`engine_transfer`): then a step's files are
+bind-mounted, else copied through the Docker API (docs/docker.md, "Containers on a remote Docker engine").
+
+docker-py is imported inside the functions: importing this module does not import it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
         finally:
             client.close()
     """
-    import docker
+    from docker.client import from_env  # (not `docker.from_env`: a docker/ dir at the repo root shadows it for mypy)
 
     where = engine_address(docker_host)
     client = None
@@ -48,7 +51,7 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
         if docker_host is not None:
             client = docker_host.get_client()
         else:
-            client = docker.from_env(timeout=timeout) if timeout is not None else docker.from_env()
+            client = from_env(timeout=timeout) if timeout is not None else from_env()
         client.ping()
         return client
     except Exception as exc:  # DockerException, requests' ConnectionError, PermissionError
@@ -73,3 +76,94 @@ def short_error(exc: BaseException) -> str:
     msg = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
     msg = str(msg).strip().splitlines()[0] if str(msg).strip() else type(exc).__name__
     return msg[:300]
+
+
+# --- is the engine this machine's? (bind mounts or copies) ------------------------------------------
+
+TRANSFERS = ("auto", "mount", "copy")
+EngineIdentity = tuple[str, str, str]  # (engine ID, host name, Docker root dir) from `docker info`
+
+
+def engine_identity(info: dict) -> EngineIdentity | None:
+    """What names one engine: its ID, its host's name and its data root (from `client.info()`).
+
+    Engine 20.10 derives its ID from /etc/docker/key.json, so two engines on one machine (or cloned
+    machines) can share an ID; the host name and data root tell those apart.
+    """
+    ident = str(info.get("ID") or "")
+    return (ident, str(info.get("Name") or ""), str(info.get("DockerRootDir") or "")) if ident else None
+
+
+def local_socket() -> str:
+    """This machine's engine: DOCKER_HOST when it is a unix socket, else the default socket."""
+    env = os.environ.get("DOCKER_HOST") or ""
+    return env if env.startswith("unix://") else DEFAULT_SOCKET
+
+
+_local_identity: dict[str, EngineIdentity | None] = {}
+
+
+def local_engine_identity(timeout: float = 5.0) -> EngineIdentity | None:
+    """The identity of the engine behind this machine's unix socket; None when there is none (cached)."""
+    sock = local_socket()
+    if sock in _local_identity:
+        return _local_identity[sock]
+    ident = None
+    if os.path.exists(sock.removeprefix("unix://")):
+        from docker.client import DockerClient
+
+        try:
+            client = DockerClient(base_url=sock, timeout=int(timeout))
+            try:
+                ident = engine_identity(client.info())
+            finally:
+                client.close()
+        except Exception:  # no access, not an engine: then the engine asked about is not known to be local
+            ident = None
+    _local_identity[sock] = ident
+    return ident
+
+
+def choose_transfer(setting: str, address: str, target: EngineIdentity | None,
+                    local: EngineIdentity | None) -> tuple[str, str]:
+    """('mount' | 'copy', why): how a step's files reach its container on the engine at `address`.
+
+    `mount` and `copy` are taken as set. `auto`: an engine behind a unix socket (or a named pipe) runs
+    on this machine, so bind mounts see this machine's files; an engine reached over tcp:// or ssh://
+    does only when it is the very engine behind the local socket (same ID, host name and data root);
+    any other is remote, and the files are copied through the Docker API.
+    """
+    if setting not in TRANSFERS:
+        raise InfrastructureError(f"transfer={setting!r} is not one of {list(TRANSFERS)}.")
+    if setting != "auto":
+        return setting, f"transfer={setting!r} on the block"
+    if address.startswith(("unix://", "npipe://")) or "://" not in address:
+        return "mount", f"{address} is a local socket"
+    if target is not None and local is not None and target == local:
+        return "mount", f"{address} is this machine's engine (engine ID {target[0]})"
+    if local is None:
+        return "copy", f"{address} is not this machine's engine (no local engine to compare with)"
+    return "copy", f"{address} is another engine than this machine's (engine ID {target[0] if target else '?'})"
+
+
+_transfers: dict[tuple[str, str, EngineIdentity | None], tuple[str, str]] = {}
+
+
+def engine_transfer(client, setting: str = "auto", docker_host: DockerHost | None = None) -> tuple[str, str]:
+    """`choose_transfer` for a connected client (the engine is asked once per process and address)."""
+    address = engine_address(docker_host)
+    if setting != "auto" or address.startswith(("unix://", "npipe://")):
+        return choose_transfer(setting, address, None, None)
+    try:
+        target = engine_identity(client.info())
+    except Exception:
+        target = None
+    key = (setting, address, target)
+    if key not in _transfers:
+        _transfers[key] = choose_transfer(setting, address, target, local_engine_identity())
+    return _transfers[key]
+
+
+def engine_is_local(client, docker_host: DockerHost | None = None) -> bool:
+    """Whether the engine runs on this machine (its devices, files and GPUs are this machine's)."""
+    return engine_transfer(client, "auto", docker_host)[0] == "mount"

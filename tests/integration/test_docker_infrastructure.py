@@ -5,6 +5,7 @@ unreachable engine, no engine needed: tests/unit/test_docker_infrastructure_offl
 from __future__ import annotations
 
 import contextvars
+import glob
 import json
 import os
 import signal
@@ -275,9 +276,14 @@ def test_unknown_infrastructure_block_lists_the_saved_ones(env, docker_client):
     assert isinstance(loaded, DockerStepInfrastructure) and loaded.mem_limit == "1g"
 
 
-def test_gpu_step_on_a_host_without_gpu_fails_fast_naming_block_and_driver(env, base_image, tmp_path, docker_client):
-    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
-        pytest.skip("this host has the NVIDIA runtime")
+def _has_gpu_support(client) -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or "nvidia" in (client.info().get("Runtimes") or {})
+
+
+def test_gpu_step_on_a_host_without_gpu_fails_fast_naming_block_and_what_is_missing(env, base_image, tmp_path,
+                                                                                   docker_client):
+    if _has_gpu_support(docker_client):
+        pytest.skip("this host has a GPU or the NVIDIA runtime")
     from prefect_ml.errors import InfrastructureError
     from prefect_ml.infrastructure.base import StepJob
     from prefect_ml.infrastructure.docker import DockerStepInfrastructure
@@ -286,9 +292,50 @@ def test_gpu_step_on_a_host_without_gpu_fails_fast_naming_block_and_driver(env, 
     tmp_path.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
     infra = DockerStepInfrastructure.load("gpu-test")
     job = StepJob("gpu-step", "nvidia-smi", tmp_path, {}, {}, {}, labels={"prefect-ml.step": "gpu-step"})
-    with pytest.raises(InfrastructureError, match=r"infrastructure block 'gpu-test'.*requests GPUs.*NVIDIA driver"):
+    with pytest.raises(InfrastructureError, match=r"^infrastructure block 'gpu-test'.*requests GPUs \(gpus='all'\) "
+                                                  r"but this machine has no NVIDIA GPU or driver \(no /dev/nvidia\*.*"
+                                                  r"has no NVIDIA container runtime \(runtimes: .*runc.*docs/gpu\.md"):
         infra.run(job, lambda line: None)
-    assert not ours(docker_client, **{"prefect-ml.step": "gpu-step"})  # the Created container was removed
+    assert not ours(docker_client, **{"prefect-ml.step": "gpu-step"})  # nothing was created
+
+
+def test_gpu_block_without_gpu_fails_before_the_environment_image_is_built(env, base_image, tmp_path, docker_client,
+                                                                          monkeypatch):
+    """A GPU image is large: on a machine without GPU the step fails before its build starts."""
+    if _has_gpu_support(docker_client):
+        pytest.skip("this host has a GPU or the NVIDIA runtime")
+    from prefect_ml import command, environments, pipeline
+    from prefect_ml.environments import image as image_module
+    from prefect_ml.errors import InfrastructureError
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+    env_name = f"gpu-probe-{uuid.uuid4().hex[:8]}"
+    env_dir = tmp_path / "environments" / env_name
+    env_dir.mkdir(parents=True)
+    (env_dir / "environment.yaml").write_text(f"name: {env_name}\nversion: '1'\nrequirements: requirements.txt\n"
+                                              "gpu: true\n")
+    (env_dir / "requirements.txt").write_text("torch==2.5.1\n")
+    monkeypatch.setenv("PREFECT_ML_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
+    builds: list = []
+    monkeypatch.setattr(image_module, "_build", lambda *args, **kwargs: builds.append(args))
+    DockerStepInfrastructure(gpus="all").save("gpu-first", overwrite=True)
+    code = tmp_path / "code"
+    code.mkdir()
+    tmp_path.chmod(0o755)
+    name = f"gpu_{uuid.uuid4().hex[:8]}"
+    gpu_step = command(name=name, code=code, environment=env_name, command="nvidia-smi", cache=False)
+
+    @pipeline(name="gpu-first", infrastructure="gpu-first")
+    def on_gpu():
+        gpu_step().result()
+
+    with pytest.raises(InfrastructureError, match=r"infrastructure block 'gpu-first'.*requests GPUs.*this machine has "
+                                                  r"no NVIDIA GPU or driver.*`process` infrastructure block.*docs/gpu"):
+        on_gpu()
+    assert builds == [], "the environment's image build was started"
+    tag = environments.image_for(env_name, docker_client, start=code)
+    assert tag and not docker_client.images.list(name=tag.split(":")[0])  # no image of the environment at all
+    assert not ours(docker_client, **{"prefect-ml.step": name})
 
 
 def test_missing_base_image_with_pull_policy_never_starts_nothing(env, tmp_path, docker_client, monkeypatch):
