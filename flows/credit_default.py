@@ -1,15 +1,16 @@
 """The credit-default pipeline (the seed's Azure ML pipeline) as a Prefect flow.
 
-    data_prep -> train -> evaluate -> gate (auc >= min_auc) -> register
+    data_prep -> train (scikit-learn) or train_torch (PyTorch) -> evaluate -> gate (auc >= min_auc) -> register
 
 Run it: `python flows/credit_default.py` (synthetic sample) or
-`python flows/credit_default.py --data path/to/credit_default.csv`.
+`python flows/credit_default.py --data path/to/credit_default.csv`;
+`--trainer torch [--device cuda] [--epochs 400]` trains the PyTorch MLP instead (see docs/gpu.md).
 """
 
 import argparse
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 from typing_extensions import Annotated
@@ -21,6 +22,7 @@ from prefect_ml.settings import get_settings
 COMPONENTS = Path(__file__).resolve().parent.parent / "components"
 data_prep = load_component(COMPONENTS / "data_prep" / "component.yaml")
 train = load_component(COMPONENTS / "train" / "component.yaml")
+train_torch = load_component(COMPONENTS / "train_torch" / "component.yaml")
 evaluate = load_component(COMPONENTS / "evaluate" / "component.yaml")
 
 
@@ -34,16 +36,25 @@ def credit_default(
     registered_model_name: Annotated[str, Field(min_length=1, description="MLflow registered model name")] = "credit_defaults_model",
     train_infrastructure: Annotated[Optional[str], Field(description="Infrastructure block for the train step (e.g. gpu); empty = the pipeline default")] = None,
     request_promotion: Annotated[bool, Field(description="Compare with @champion on auc; when the new model wins, start the promote-model/approval deployment")] = False,
+    trainer: Annotated[Literal["sklearn", "torch"], Field(description="sklearn: gradient boosting (components/train); torch: a PyTorch MLP (components/train_torch), on the GPU when there is one")] = "sklearn",
+    epochs: Annotated[int, Field(ge=1, le=100000, description="trainer=torch: training epochs (full batch)")] = 200,
+    hidden: Annotated[int, Field(ge=1, le=8192, description="trainer=torch: units per hidden layer (2 layers)")] = 64,
+    torch_learning_rate: Annotated[float, Field(gt=0.0, le=1.0, description="trainer=torch: Adam learning rate")] = 0.01,
+    device: Annotated[Literal["auto", "cuda", "cpu"], Field(description="trainer=torch: auto = CUDA when the train step's host has it; cuda fails the step when it has not")] = "auto",
 ) -> dict:
-    """Credit-default: data_prep -> train -> evaluate -> gate (auc >= min_auc) -> register."""
+    """Credit-default: data_prep -> train (sklearn or torch) -> evaluate -> gate (auc >= min_auc) -> register."""
     if not data:
         sample = get_settings().home_path / "samples" / "credit_default_synthetic.csv"
         # made once; `credit_default_sample` imports numpy and pandas (1-5 s) even when the file exists
         data = str(sample if sample.is_file() else credit_default_sample(sample))
         print(f"no data given: using the synthetic sample {data}")
     prep = data_prep(data=data, test_train_ratio=test_train_ratio)
-    model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators,
-                  infrastructure=train_infrastructure)
+    if trainer == "torch":
+        model = train_torch(train_data=prep.outputs.train_data, epochs=epochs, hidden=hidden,
+                            learning_rate=torch_learning_rate, device=device, infrastructure=train_infrastructure)
+    else:
+        model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate, n_estimators=n_estimators,
+                      infrastructure=train_infrastructure)
     report = evaluate(model=model.outputs.model, test_data=prep.outputs.test_data)
     result = {"model": model.outputs.model, "metrics": report.outputs.metrics, "report": report.outputs.report}
     if gate(report.outputs.metrics, "auc", ">=", min_auc):
@@ -62,8 +73,14 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--min-auc", type=float, default=0.7)
     parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--trainer", choices=["sklearn", "torch"], default="sklearn")
+    parser.add_argument("--epochs", type=int, default=200, help="trainer torch")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="trainer torch")
+    parser.add_argument("--train-infrastructure", default=None, help="infrastructure block of the train step")
     args = parser.parse_args()
-    out = credit_default(data=args.data, min_auc=args.min_auc, learning_rate=args.learning_rate)
+    out = credit_default(data=args.data, min_auc=args.min_auc, learning_rate=args.learning_rate,
+                         trainer=args.trainer, epochs=args.epochs, device=args.device,
+                         train_infrastructure=args.train_infrastructure)
     print(json.dumps(out, indent=2, default=str))
     uri = get_settings().mlflow_tracking_uri
     if out["registered"]:
