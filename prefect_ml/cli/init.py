@@ -4,6 +4,9 @@ What it creates on the Prefect API that `PREFECT_API_URL` points at, each only i
 
 - the block types of prefect-ml (so they show in the UI's block catalogue);
 - process work pools `ml-cpu` and `ml-gpu` (workers run on machines with a Docker engine);
+- a Docker work pool `ml-docker` (a Docker worker runs each flow run in the flow image);
+- with `--git-repository URL` (`--git-branch NAME`): the Prefect variables the `credit-default/git`
+  deployment's `git_clone` pull step reads (`prefect_ml_git_repository`, `prefect_ml_git_branch`);
 - infrastructure blocks `process` (a local subprocess), `cpu` (a Docker container) and
   `gpu` (a Docker container that requests all GPUs).
 
@@ -23,7 +26,10 @@ if TYPE_CHECKING:
 
 CPU_POOL = "ml-cpu"
 GPU_POOL = "ml-gpu"
+DOCKER_POOL = "ml-docker"
 POOL_TYPE = "process"
+GIT_REPOSITORY_VARIABLE = "prefect_ml_git_repository"  # read by prefect.yaml's credit-default/git pull step
+GIT_BRANCH_VARIABLE = "prefect_ml_git_branch"
 
 
 @dataclass
@@ -69,12 +75,16 @@ def register_block_types(types: list[type[Block]]) -> list[Item]:
     return items
 
 
-def ensure_work_pool(name: str, description: str) -> Item:
-    """Create a process work pool with Prefect's default process job template, unless it exists."""
+def ensure_work_pool(name: str, description: str, pool_type: str = POOL_TYPE) -> Item:
+    """Create a work pool with its worker type's default job template (process or docker), unless it exists."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+
+    if pool_type == "docker":
+        from prefect_docker.worker import DockerWorker as worker_type  # a dependency of prefect-ml
+    else:
+        from prefect.workers.process import ProcessWorker as worker_type
 
     with get_client(sync_client=True) as client:
         try:
@@ -84,12 +94,32 @@ def ensure_work_pool(name: str, description: str) -> Item:
             pass
         try:
             client.create_work_pool(WorkPoolCreate(
-                name=name, type=POOL_TYPE, description=description,
-                base_job_template=ProcessWorker.get_default_base_job_template(),
+                name=name, type=pool_type, description=description,
+                base_job_template=worker_type.get_default_base_job_template(),
             ))
         except ObjectAlreadyExists:  # created by a concurrent init
-            return Item("work pool", name, "exists", f"type {POOL_TYPE}")
-    return Item("work pool", name, "created", f"type {POOL_TYPE}")
+            return Item("work pool", name, "exists", f"type {pool_type}")
+    return Item("work pool", name, "created", f"type {pool_type}")
+
+
+def ensure_variable(name: str, value: str) -> Item:
+    """Create Prefect variable `name` = `value` unless it exists (an existing value is left as it is)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import VariableCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        existing = client.read_variable_by_name(name)
+        if existing is not None:
+            if existing.value == value:
+                return Item("variable", name, "exists")
+            return Item("variable", name, "exists", f"keeps {existing.value!r}; change it with "
+                        f"`prefect variable set {name} VALUE --overwrite`")
+        try:
+            client.create_variable(VariableCreate(name=name, value=value))
+        except ObjectAlreadyExists:
+            return Item("variable", name, "exists")
+    return Item("variable", name, "created", repr(value))
 
 
 def _find_block(name: str, types: list[type[Block]]) -> type[Block] | None:
@@ -165,6 +195,16 @@ def init(
     ),
     cpu_pool: str = typer.Option(CPU_POOL, help="Name of the CPU work pool."),
     gpu_pool: str = typer.Option(GPU_POOL, help="Name of the GPU work pool."),
+    docker_pool: str = typer.Option(DOCKER_POOL, help="Name of the Docker work pool (flow runs in the flow image)."),
+    git_repository: str | None = typer.Option(
+        None, "--git-repository",
+        help="Repository URL the credit-default/git deployment clones for each run (Prefect variable "
+             f"{GIT_REPOSITORY_VARIABLE}).",
+    ),
+    git_branch: str | None = typer.Option(
+        None, "--git-branch",
+        help=f"Branch it clones (Prefect variable {GIT_BRANCH_VARIABLE}; default: the remote's default branch).",
+    ),
 ) -> None:
     """Create what the deployments in prefect.yaml need; running it again changes nothing."""
     from prefect_ml.infrastructure.process import ProcessStepInfrastructure
@@ -178,6 +218,13 @@ def init(
         items.append(ensure_work_pool(cpu_pool, "prefect-ml CPU workers (process workers on machines with Docker)."))
         items.append(ensure_work_pool(gpu_pool, "prefect-ml GPU workers (process workers on machines with Docker "
             "and GPUs)."))
+        # a pool is server-side configuration: created with or without a Docker engine here
+        items.append(ensure_work_pool(docker_pool, "prefect-ml flow runs in containers of the flow image "
+            "(scripts/build-flow-image.sh); Docker workers: prefect worker start --type docker.", "docker"))
+        if git_repository:
+            items.append(ensure_variable(GIT_REPOSITORY_VARIABLE, git_repository))
+        if git_branch:
+            items.append(ensure_variable(GIT_BRANCH_VARIABLE, git_branch))
         items.append(ensure_block("process", ProcessStepInfrastructure, types))
         if docker:
             if not any(t.__name__ == "DockerStepInfrastructure" for t in types):
@@ -214,6 +261,7 @@ def init(
         ("prefect --no-prompt deploy --all", "from the repo root: the deployments in prefect.yaml"),
         (f"prefect worker start --pool {cpu_pool}", "on a machine with this repo checked out (and Docker)"),
         (f"prefect worker start --pool {gpu_pool}", "on a machine with this repo, Docker and GPUs"),
+        (f"prefect worker start --pool {docker_pool} --type docker", "after scripts/build-flow-image.sh"),
         ("prefect deployment run 'credit-default/cpu' --param min_auc=0.6", "or the Run button in the UI"),
     ):
         typer.echo(f"  {command:<66} # {why}")

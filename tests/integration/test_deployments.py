@@ -92,11 +92,13 @@ class Stack:
                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def run_deployment(self, name: str, *params: str) -> str:
-        """`prefect deployment run NAME --param k=v ...`; returns the flow run id."""
+    def run_deployment(self, name: str, *params: str, job_variables: dict | None = None) -> str:
+        """`prefect deployment run NAME --param k=v ... [--job-variable k=JSON ...]`; returns the flow run id."""
         args = [BIN / "prefect", "deployment", "run", name]
         for p in params:
             args += ["--param", p]
+        for key, value in (job_variables or {}).items():
+            args += ["--job-variable", f"{key}={json.dumps(value)}"]
         out = self.cli(*args).stdout
         match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
         assert match, f"no flow run id in the output of prefect deployment run:\n{out}"
@@ -133,17 +135,21 @@ class Stack:
 class Worker:
     """A `prefect worker start` subprocess with its own log file."""
 
-    def __init__(self, stack: Stack, pool: str, name: str, limit: int | None = None, env: dict | None = None):
+    def __init__(self, stack: Stack, pool: str, name: str, limit: int | None = None, env: dict | None = None,
+                 worker_type: str = "process", cwd: Path | None = None, work_queue: str | None = None):
         self.name = name
+        self.cwd = cwd or stack.tmp
         self.log_path = stack.tmp / f"worker-{name}.log"
         home = stack.tmp / f"worker-{name}-home"
         home.mkdir(exist_ok=True)
-        args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
+        args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--name", name, "--type", worker_type]
         if limit:
             args += ["--limit", str(limit)]
+        if work_queue:
+            args += ["--work-queue", work_queue]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                args, cwd=stack.tmp, env={**stack.env, "PREFECT_HOME": str(home), **(env or {})},
+                args, cwd=self.cwd, env={**stack.env, "PREFECT_HOME": str(home), **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
@@ -271,8 +277,10 @@ def test_init_is_idempotent(deploy_stack: Stack):
     again = deploy_stack.cli(BIN / "prefect-ml", "init", *deploy_stack.init_args).stdout
     assert "nothing to do" in again and "created" not in again, again
 
+    assert re.search(r"created\s+work pool\s+ml-docker \(type docker\)", first), first
     pools = {p["name"]: p for p in deploy_stack.api("POST", "/work_pools/filter", {})}
     assert pools["ml-cpu"]["type"] == pools["ml-gpu"]["type"] == "process"
+    assert pools["ml-docker"]["type"] == "docker"  # created with or without an engine here: it is configuration
     blocks = {b["name"]: b["block_type"]["slug"] for b in deploy_stack.api("POST", "/block_documents/filter", {})
               if not b["is_anonymous"]}
     assert blocks.get("process") == "ml-step-process-infrastructure"
@@ -368,7 +376,8 @@ def test_cpu_deployment_run_completes(deploy_stack: Stack, cpu_run: dict):
 
 
 def test_gpu_deployment_fails_clearly_without_gpu(deploy_stack: Stack, cpu_run: dict):
-    """On this machine (no GPU) the train step on the `gpu` block fails fast with a clear message."""
+    """On this machine (no GPU) the train_torch step on the `gpu` block fails fast, before its image is built,
+    with a message that names what is missing."""
     docker_ok, reason = docker_image_available()
     if not docker_ok or "--image" not in deploy_stack.init_args:
         skip_or_fail(f"the gpu deployment needs the Docker block, an engine and the base image: {reason}")
@@ -377,13 +386,13 @@ def test_gpu_deployment_fails_clearly_without_gpu(deploy_stack: Stack, cpu_run: 
     stack = deploy_stack
     worker = stack.workers["gpu-1"] = Worker(stack, "ml-gpu", "gpu-1", limit=1)
     try:
-        # a new n_estimators: the train step must run (a cache hit would need no GPU at all)
-        run_id = stack.run_deployment("credit-default/gpu", "min_auc=0.6", "n_estimators=7")
+        # a new epoch count: the train step must run (a cache hit would need no GPU at all)
+        run_id = stack.run_deployment("credit-default/gpu", "min_auc=0.6", "epochs=7")
         run = stack.wait(run_id)
         assert run["state"]["type"] == "FAILED", run["state"]
         tasks = {t["name"]: t for t in stack.task_runs(run_id)}
-        assert tasks["train"]["state"]["type"] == "FAILED", tasks["train"]["state"]
-        message = (tasks["train"]["state"]["message"] or "") + "\n" + stack.logs(run_id)
+        assert tasks["train_torch"]["state"]["type"] == "FAILED", tasks["train_torch"]["state"]
+        message = (tasks["train_torch"]["state"]["message"] or "") + "\n" + stack.logs(run_id)
         assert "GPU" in message, message[-3000:]
         assert "evaluate" not in tasks or tasks["evaluate"]["state"]["type"] != "COMPLETED"
         assert worker.alive(), f"the worker died:\n{worker.tail()}"
