@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 ORDER = ["warm_rerun", "flow_floor", "orchestration", "container", "parallelism", "reuse", "data_passing", "staging", "environment",
-         "memory", "first_run"]
+         "memory", "first_run", "dask"]
 TITLES = {
     "warm_rerun": "Warm re-run (local servers running)",
     "flow_floor": "Flow floor (Prefect's heartbeat join)",
@@ -30,6 +30,7 @@ TITLES = {
     "environment": "Environment reuse",
     "memory": "Memory",
     "first_run": "First-run latency (README's first command)",
+    "dask": "Steps on a Dask cluster",
 }
 ANALYSIS_FILE = Path(__file__).resolve().parent / "analysis.md"
 
@@ -144,6 +145,15 @@ def summary(name: str, r: dict) -> list[str]:
         demo = res.get("demo_sh")
         total = f"demo.sh end to end {demo['seconds']:.0f} s" if demo else ""
         return ["README's first command, split", "; ".join(parts), total, "report", "reported"]
+    if name == "dask":
+        cs = res["cases"]
+        four, one, threads = cs["dask x4"], cs["dask x1"], cs["threads x1"]
+        return [f"{res['steps']} x {res['sleep_s']:g} s sleep steps on 1, 2, 4 Dask workers; dispatch per step",
+                f"4 workers: {four['speedup']:.2f}x of 1 worker ({four['efficiency']:.0%} of linear); "
+                f"Dask dispatch {one['overhead_per_step_s'] * 1000:.0f} ms/step",
+                f"1 worker {one['median']:.1f} s; thread pool (1 thread) "
+                f"{threads['overhead_per_step_s'] * 1000:.0f} ms/step",
+                ">= 0.8x linear at 4 workers", verdict(four["efficiency"] >= 0.8)]
     return ["", "", "", "", ""]
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Settings that describe this machine rather than the run: a step on a Dask worker takes these from
+# the worker's own environment and everything else from the run's snapshot (`for_this_machine`).
+MACHINE_LOCAL = ("home", "environments_dir", "build_ca_bundle", "installer",
+                 "server_host", "server_prefect_port", "server_mlflow_port", "server_start_timeout")
 
 
 class PrefectMLSettings(BaseSettings):
@@ -60,6 +70,16 @@ class PrefectMLSettings(BaseSettings):
         "first; seconds where pip takes minutes) or `pip`. With `uv`, pip is still the fallback when uv cannot "
         "be installed or run.",
     )
+    task_runner: str = Field(
+        default="threads",
+        description="Where a pipeline's steps run when the pipeline names no task runner: `threads` (Prefect's "
+        "thread pool in the pipeline's process) or `dask` (prefect-dask's DaskTaskRunner; see dask_address).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of the Dask cluster for `task_runner=dask`, e.g. tcp://127.0.0.1:8786. Unset: "
+        "a temporary local cluster on this machine.",
+    )
     server_host: str = Field(
         default="127.0.0.1",
         description="Address `prefect-ml server start` binds the local Prefect and MLflow servers to (loopback).",
@@ -74,6 +94,23 @@ class PrefectMLSettings(BaseSettings):
         default=240.0,
         description="Seconds `prefect-ml server start` waits for both servers to answer their health checks.",
     )
+
+    # MLFLOW_TRACKING_URI as it was when these settings were read: a snapshot of them (RunSpec.settings)
+    # carries the tracking store to a step on another machine. Pickled with the model.
+    _mlflow_tracking_uri: str | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._mlflow_tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+    def for_this_machine(self, local: PrefectMLSettings | None = None) -> PrefectMLSettings:
+        """These (a run's) settings as a step on another machine sees them: the machine-local ones
+        (`MACHINE_LOCAL`: home, environment dirs, CA bundle, ...) from `local` (default: this process's
+        environment), everything else, MLflow's tracking URI included, from these."""
+        local = local or PrefectMLSettings()
+        artifact_root = self.artifact_root or self.resolved_artifact_root  # a default root names the run's home
+        view = self.model_copy(update={**{k: getattr(local, k) for k in MACHINE_LOCAL}, "artifact_root": artifact_root})
+        view._mlflow_tracking_uri = self.mlflow_tracking_uri  # a default store also names the run's home
+        return view
 
     @property
     def server_dir(self) -> Path:
@@ -92,15 +129,29 @@ class PrefectMLSettings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        import os
-
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home_path / 'mlflow.db'}"
+        """MLFLOW_TRACKING_URI when these settings were read, else the SQLite store in the home."""
+        return self._mlflow_tracking_uri or f"sqlite:///{self.home_path / 'mlflow.db'}"
 
     @property
     def mlflow_artifact_location(self) -> str:
         return (self.home_path / "mlartifacts").as_uri()
 
 
+_active: ContextVar[PrefectMLSettings | None] = ContextVar("prefect_ml_settings", default=None)
+
+
 def get_settings() -> PrefectMLSettings:
-    """Fresh settings from the current environment (cheap; read at each use so tests can change env)."""
-    return PrefectMLSettings()
+    """The settings in force: those `use_settings` activated (a step on a Dask worker runs with its run's
+    snapshot), else fresh ones from the environment (cheap; read at each use so tests can change env)."""
+    return _active.get() or PrefectMLSettings()
+
+
+@contextlib.contextmanager
+def use_settings(settings: PrefectMLSettings) -> Iterator[PrefectMLSettings]:
+    """Make `settings` what `get_settings()` returns in this context (this thread, and the contexts
+    copied from it), e.g. a run's snapshot while its step runs on a Dask worker."""
+    token = _active.set(settings)
+    try:
+        yield settings
+    finally:
+        _active.reset(token)

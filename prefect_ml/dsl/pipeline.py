@@ -30,6 +30,7 @@ from prefect_ml.errors import StepInputError
 from prefect_ml.records import RunSpec, StepResult
 from prefect_ml.runtime import tracking
 from prefect_ml.runtime.lifecycle import UPSTREAM
+from prefect_ml.runtime.task_runners import PipelineTaskRunner
 from prefect_ml.settings import PrefectMLSettings, get_settings
 
 
@@ -229,6 +230,7 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
     flow_run_id = str(runtime.flow_run.id)
     spec = _run_spec(flow_name, options, flow_run_id)
     storage.ArtifactRoot(spec.artifact_root)  # unknown scheme fails here, before any step
+    _check_task_runner(spec)  # a distributed run that its workers could not serve fails here too
     mlflow_run_id = tracking.start_run(
         spec.experiment, f"{flow_name}-{runtime.flow_run.name}",
         {"prefect.flow_run_id": flow_run_id, "prefect_ml.pipeline": flow_name,
@@ -264,6 +266,25 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
         tracking.flush(warn=get_run_logger().warning)
 
 
+def _check_task_runner(spec: RunSpec) -> None:
+    """Refuse, before any step or MLflow run, a distributed run whose workers could not share its outputs."""
+    from prefect import get_run_logger
+    from prefect.context import FlowRunContext
+
+    from prefect_ml.runtime import task_runners
+
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if runner is None or not task_runners.is_distributed(runner):
+        return
+    from prefect.settings import get_current_settings
+
+    where = task_runners.describe(runner)
+    task_runners.check_distributed_run(spec.artifact_root, spec.settings.mlflow_tracking_uri, where,
+                                       prefect_api_url=get_current_settings().api.url)
+    get_run_logger().info(f"steps run on {where}; artifact root {storage.redact(spec.artifact_root)}")
+
+
 def pipeline(
     fn: Callable[..., Any] | None = None,
     *,
@@ -273,6 +294,7 @@ def pipeline(
     experiment: str | None = None,
     artifact_root: str | None = None,
     default_compute: str | None = None,
+    task_runner: Any = None,
     **flow_kwargs: Any,
 ) -> Any:
     """Turn a function into a pipeline: a Prefect flow whose component calls are steps.
@@ -284,6 +306,9 @@ def pipeline(
         experiment: MLflow experiment (default: the flow name).
         artifact_root: fsspec URI for outputs (default: `PREFECT_ML_ARTIFACT_ROOT`).
         default_compute: the Azure ML SDK's name for `infrastructure` (same meaning; give one of them).
+        task_runner: where the steps run, as for a Prefect flow: a `TaskRunner` (e.g. prefect-dask's
+            `DaskTaskRunner(address="tcp://127.0.0.1:8786")`) or a name, `"threads"` or `"dask"` (at
+            `PREFECT_ML_DASK_ADDRESS`). Default: the setting `PREFECT_ML_TASK_RUNNER`, read when a run starts.
         **flow_kwargs: passed to `prefect.flow` (retries, log_prints, description, ...).
 
     Example:
@@ -300,6 +325,7 @@ def pipeline(
         infrastructure = default_compute.removeprefix("azureml:")
     options = PipelineOptions(infrastructure=infrastructure, cache=cache, experiment=experiment,
                               artifact_root=artifact_root)
+    runner = PipelineTaskRunner(task_runner)  # an unknown name fails here, at decoration
 
     def decorate(func: Callable[..., Any]) -> Any:
         flow_name = name or func.__name__.replace("_", "-")
@@ -309,7 +335,7 @@ def pipeline(
             return _run_body(flow_name, func, options, args, kwargs)
 
         body.__doc__ = _doc_with_field_descriptions(func)
-        f = flow(name=flow_name, **flow_kwargs)(body)
+        f = flow(name=flow_name, task_runner=runner, **flow_kwargs)(body)
         _definitions[f.fn] = PipelineDefinition(name=flow_name, func=func, options=options)
         _compat.skip_heartbeat_join(lambda flow: definition_of(flow) is not None)
         return f
