@@ -16,6 +16,7 @@ What each key means here (docs/azure.md has the table):
   jobs.<j>.inputs     literals, `${{parent.inputs.x}}`, `${{parent.jobs.a.outputs.b}}`
   jobs.<j>.outputs    `${{parent.outputs.y}}` binds a pipeline output
   environment_variables, compute (-> infrastructure), limits.timeout (-> timeout), environment
+  distribution + resources.instance_count   torchrun launch (docs/distributed-training.md)
 Keys with no meaning here (`services`, `identity`, output `mode`, ...) are accepted with one logged
 warning each. Everything else is checked when the file is loaded: errors name the file and line.
 """
@@ -38,6 +39,7 @@ from prefect_ml.dsl.component import (
     Input,
     _check_mode,
     component_from_mapping,
+    distribution_from,
     load_component,
     resolve_environment,
 )
@@ -351,19 +353,15 @@ def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mappin
     for key in ("services", "identity", "properties"):
         if key in raw:
             warn_once(key, ctx.where(*keys, key))
-    if "distribution" in raw:
-        raise ctx.error((*keys, "distribution"), "distributed launch (mpi/pytorch/tensorflow) is not run from a "
-                        "pipeline YAML; launch it inside your command (e.g. `torchrun`) on one machine.")
     resources = raw.get("resources") or {}
     if not isinstance(resources, Mapping):
         raise ctx.error((*keys, "resources"), "must be a mapping.")
-    if int(resources.get("instance_count", 1) or 1) != 1:
-        raise ctx.error((*keys, "resources", "instance_count"), "a step runs on one machine here; use 1.")
     for key in sorted(set(resources) - {"instance_count"}):
         if f"resources.{key}" not in NO_MEANING:
             raise ctx.error((*keys, "resources", key), "has no equivalent here; set it on the infrastructure block.")
         warn_once(f"resources.{key}", ctx.where(*keys, "resources", key))
     component = _job_component(name, raw, ctx, parent_inputs)
+    component = _job_distribution(component, raw, resources, ctx, keys)
     env = raw.get("environment") if "component" in raw else None
     if env is None and component.environment is None and default_env is not None:
         env = default_env
@@ -382,6 +380,10 @@ def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mappin
     options: dict[str, Any] = {}
     if raw.get("compute"):
         options["infrastructure"] = _compute(raw["compute"])
+        dist = component.distribution
+        if options["infrastructure"] == "docker" and dist and dist.instance_count > 1:
+            raise ctx.error((*keys, "compute"), "Docker infrastructure runs a step in one container, but the job has "
+                            f"instance_count {dist.instance_count}; use instance_count 1 or compute 'process'.")
     limits = raw.get("limits") or {}
     if not isinstance(limits, Mapping) or set(limits) - {"timeout"}:
         raise ctx.error((*keys, "limits"), "only `limits.timeout` (seconds) is known here.")
@@ -431,6 +433,23 @@ def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mappin
             raise ctx.error(okeys, "a job output binds a pipeline output: write ${{parent.outputs.NAME}}.")
         outputs[oname] = ref.name
     return Job(name=name, component=component, inputs=inputs, outputs=outputs, options=options)
+
+
+def _job_distribution(component: Component, raw: Mapping[str, Any], resources: Mapping[str, Any], ctx: _Ctx,
+                      keys: tuple[str, ...]) -> Component:
+    """The job's `distribution` and `resources.instance_count` over the component's (torchrun launch,
+    docs/distributed-training.md); a job that gives neither keeps the component's."""
+    if "distribution" not in raw and "instance_count" not in resources:
+        return component
+    current = component.distribution
+    spec = raw.get("distribution", current)
+    count = resources.get("instance_count", current.instance_count if current else None)
+    try:
+        dist = distribution_from(spec, None, count)
+    except ComponentError as exc:
+        at = (*keys, "distribution") if "distribution" in raw else (*keys, "resources", "instance_count")
+        raise ctx.error(at, str(exc)) from None
+    return replace(component, distribution=dist)
 
 
 def _job_component(name: str, raw: Mapping[str, Any], ctx: _Ctx, parent_inputs: Mapping[str, Input]) -> Component:

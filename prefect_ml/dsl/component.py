@@ -34,9 +34,17 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 YAML_KEYS = {
     "$schema", "name", "version", "display_name", "description", "type", "tags", "inputs",
     "outputs", "code", "environment", "command", "is_deterministic", "retries", "timeout",
-    "infrastructure", "resources", "distribution", "environment_variables",
+    "infrastructure", "resources", "distribution", "instance_count", "environment_variables",
 }
-IGNORED_AZURE_KEYS = {"resources", "distribution"}
+# `resources:` keys other than instance_count (instance_type, shm_size, ...) pick the machine: here the
+# infrastructure block does, so they are accepted and ignored, as before distribution was supported.
+DISTRIBUTION_TYPES = ("pytorch",)
+# Azure distribution types that have no launcher here, and what to do instead
+REFUSED_DISTRIBUTIONS = {
+    "mpi": "MPI jobs are not launched here; use type: pytorch (torchrun), or start mpirun inside your command",
+    "tensorflow": "TensorFlow parameter-server jobs are not launched here; use type: pytorch (torchrun)",
+    "ray": "Ray clusters are not launched here; use type: pytorch (torchrun)",
+}
 
 
 class CommandWarning(UserWarning):
@@ -127,6 +135,91 @@ class Output:
         return self.type in ("uri_file", "metrics")
 
 
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ComponentError(f"{what} must be a whole number >= 1, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Distributed training inside one step, launched with PyTorch's own launcher (torchrun).
+
+    Azure ML's `distribution: {type: pytorch, process_count_per_instance: N}` with
+    `resources: {instance_count: M}` (SageMaker: `instance_count`): M launcher instances with N
+    processes each, world size M x N. The process infrastructure runs the M instances on this machine
+    (rendezvous over 127.0.0.1); see docs/distributed-training.md.
+
+    Example:
+        command(..., distribution=Distribution(process_count_per_instance=2, instance_count=2))
+    """
+
+    type: str = "pytorch"
+    process_count_per_instance: int = 1
+    instance_count: int = 1
+
+    def __post_init__(self) -> None:
+        kind = str(self.type).lower()
+        if kind in REFUSED_DISTRIBUTIONS:
+            raise ComponentError(f"distribution type {self.type!r}: {REFUSED_DISTRIBUTIONS[kind]}.")
+        if kind not in DISTRIBUTION_TYPES:
+            raise ComponentError(f"distribution type {self.type!r} is unknown; use one of {list(DISTRIBUTION_TYPES)}.")
+        object.__setattr__(self, "type", kind)
+        _count(self.process_count_per_instance, "distribution.process_count_per_instance")
+        _count(self.instance_count, "resources.instance_count")
+
+    @property
+    def world_size(self) -> int:
+        return self.process_count_per_instance * self.instance_count
+
+    def describe(self) -> str:
+        return f"{self.instance_count} x {self.process_count_per_instance} (world size {self.world_size})"
+
+
+def distribution_from(distribution: Any = None, resources: Any = None,
+                      instance_count: Any = None) -> Distribution | None:
+    """A `Distribution` from the Azure/SageMaker spellings: `distribution` (a mapping such as
+    {type: pytorch, process_count_per_instance: 2}, or a Distribution), `resources` (a mapping; only
+    its `instance_count` matters here) and a SageMaker-style `instance_count`. Raises ComponentError
+    (no location: callers add it) for what cannot be honoured."""
+    counts: list[Any] = []
+    if resources is not None:
+        if not isinstance(resources, Mapping):
+            raise ComponentError(f"'resources' must be a mapping such as {{instance_count: 2}}, got {resources!r}.")
+        if "instance_count" in resources:
+            counts.append(resources["instance_count"])
+    if instance_count is not None:
+        counts.append(instance_count)
+    for n in counts:
+        _count(n, "instance_count")
+    if len(set(counts)) > 1:
+        raise ComponentError(f"'resources.instance_count' and 'instance_count' disagree ({counts[0]} vs {counts[1]}); "
+                             "give one.")
+    count = counts[0] if counts else None
+    if distribution is None:
+        if count is not None and count > 1:
+            raise ComponentError(
+                f"instance_count {count} needs a launcher: a plain command runs once, on one machine; add "
+                "distribution: {type: pytorch, process_count_per_instance: N} (torchrun), or use instance_count 1.")
+        return None
+    if isinstance(distribution, Distribution):
+        return distribution if count is None else replace(distribution, instance_count=count)
+    if not isinstance(distribution, Mapping):
+        raise ComponentError("'distribution' must be a mapping such as {type: pytorch, "
+                             f"process_count_per_instance: 2}}, got {distribution!r}.")
+    kind = str(distribution.get("type") or "")
+    if not kind:
+        raise ComponentError("'distribution' has no 'type'; write {type: pytorch, process_count_per_instance: N}.")
+    if kind.lower() in REFUSED_DISTRIBUTIONS:
+        raise ComponentError(f"distribution type {kind!r}: {REFUSED_DISTRIBUTIONS[kind.lower()]}.")
+    extra = sorted(set(distribution) - {"type", "process_count_per_instance"})
+    if extra:
+        raise ComponentError(f"'distribution': unknown field(s) {extra}; a pytorch distribution has "
+                             "type and process_count_per_instance.")
+    return Distribution(type=kind, process_count_per_instance=distribution.get("process_count_per_instance", 1),
+                        instance_count=1 if count is None else count)
+
+
 def coerce(value: Any, spec: Input, *, where: str) -> Any:
     """Check a primitive value against its spec and return it in canonical form; raise with a fix."""
     t = spec.type
@@ -180,6 +273,7 @@ class Component:
     retries: int = 0
     timeout: float | None = None
     source: Path | None = None
+    distribution: Distribution | None = None  # torchrun launch (docs/distributed-training.md)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -278,6 +372,7 @@ def validate(c: Component) -> None:
             except StepInputError as exc:
                 raise ComponentError(f"{exc} Fix the default in the component.") from None
     _check_options(c, where)
+    _check_distribution(c, where)
     overlap = set(c.inputs) & set(c.outputs)
     if overlap:
         raise ComponentError(f"{where}: {sorted(overlap)} declared as both input and output; rename one.")
@@ -336,6 +431,18 @@ def _check_options(c: Component, where: str) -> None:
             raise ComponentError(f"{where}: key 'environment_variables': {key!r} must map to text.")
 
 
+def _check_distribution(c: Component, where: str) -> None:
+    d = c.distribution
+    if d is None:
+        return
+    if not isinstance(d, Distribution):
+        raise ComponentError(f"{where}: key 'distribution' must be a Distribution (use distribution_from), got {d!r}.")
+    if d.instance_count > 1 and c.infrastructure == "docker":
+        raise ComponentError(
+            f"{where}: key 'resources.instance_count' is {d.instance_count}, but Docker infrastructure runs a step "
+            "in one container; use instance_count 1 (N processes in the container) or infrastructure 'process'.")
+
+
 def _input_from(name: str, raw: Any, where: str) -> Input:
     if isinstance(raw, Input):
         return raw
@@ -391,8 +498,15 @@ def command(
     cache: bool = True,
     retries: int = 0,
     timeout: float | None = None,
+    distribution: Mapping[str, Any] | Distribution | None = None,
+    resources: Mapping[str, Any] | None = None,
+    instance_count: int | None = None,
 ) -> Component:
     """Define a component in Python (like `azure.ai.ml.command`).
+
+    `distribution` ({"type": "pytorch", "process_count_per_instance": N} or a `Distribution`) with
+    `instance_count` (or `resources={"instance_count": M}`) launches the command with torchrun, M x N
+    processes (docs/distributed-training.md).
 
     Example:
         prep = command(
@@ -402,6 +516,10 @@ def command(
         )
     """
     where = f"component '{name}'"
+    try:
+        dist = distribution_from(distribution, resources, instance_count)
+    except ComponentError as exc:
+        raise ComponentError(f"{where}: {exc}") from None
     return Component(
         name=name,
         command=command,
@@ -418,6 +536,7 @@ def command(
         cache=cache,
         retries=retries,
         timeout=timeout,
+        distribution=dist,
     )
 
 
@@ -469,6 +588,12 @@ def component_from_mapping(raw: Mapping[str, Any], path: Path, *, where: str | N
     code = (path.parent / code).resolve() if not code.is_absolute() else code
     at = f" line {lines['environment']}" if lines and "environment" in lines else ""
     env = resolve_environment(raw.get("environment"), source=path, start=code, where=where + at)
+    try:
+        dist = distribution_from(raw.get("distribution"), raw.get("resources"), raw.get("instance_count"))
+    except ComponentError as exc:
+        key = next((k for k in ("distribution", "resources", "instance_count") if k in raw), "distribution")
+        at = f" line {lines[key]}" if lines and key in lines else ""
+        raise ComponentError(f"{where}{at}: {exc}") from None
     component = Component(
         name=name,
         command=str(raw["command"]).strip(),
@@ -486,6 +611,7 @@ def component_from_mapping(raw: Mapping[str, Any], path: Path, *, where: str | N
         retries=raw.get("retries", 0),
         timeout=raw.get("timeout"),
         source=path,
+        distribution=dist,
     )
     return component
 

@@ -10,8 +10,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from prefect_ml.dsl import command_template
+
+if TYPE_CHECKING:
+    from prefect_ml.dsl.component import Distribution
 
 LAST_LINES = 20
 
@@ -30,6 +34,7 @@ class StepJob:
     labels: dict[str, str] = field(default_factory=dict)
     environment: str | None = None
     timeout: float | None = None
+    distribution: Distribution | None = None  # launch with torchrun, M instances x N processes (distributed.py)
 
     def argv(self, path: Callable[[Path], str] = str, env: Mapping[str, str] | None = None) -> list[str]:
         """The command as an argv list; `path` maps host paths to the runtime's paths, and `$VAR`s in
@@ -62,6 +67,10 @@ class LineTail:
 
 class StepInfrastructure:
     """Mixin for infrastructure blocks: run one step's job and stream its output to `log`."""
+
+    # How many torchrun instances one step may have here (`job.distribution.instance_count`); 0: this
+    # infrastructure does not launch distributed steps, and the step is refused before it starts.
+    max_instances: ClassVar[int] = 0
 
     def run(self, job: StepJob, log: Callable[[str], None]) -> StepOutcome:  # pragma: no cover - interface
         raise NotImplementedError

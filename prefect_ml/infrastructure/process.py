@@ -9,6 +9,9 @@ A step dies with its pipeline:
 - a cancelled or terminated flow run (a worker's SIGTERM): the step watches Prefect's cancel event,
   stops its process group and raises, so nothing is published;
 - a timeout, or the interpreter exiting: the process group is stopped (SIGTERM, SIGKILL after 5 s).
+
+A component with a `distribution` runs as torchrun instances, each one such process group
+(`infrastructure/distributed.py`): one failing instance stops them all.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
 from prefect_ml._compat import task_cancel_event
 from prefect_ml.errors import InfrastructureError, StepFailed
+from prefect_ml.infrastructure import distributed
 from prefect_ml.infrastructure.base import LineTail, StepInfrastructure, StepJob, StepOutcome
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -93,6 +99,22 @@ def _setpriv() -> str | None:
     return _setpriv_path[0]
 
 
+# Where setpriv is missing: a tiny Python that sets the parent-death signal and execs the command.
+PDEATHSIG_EXEC = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0); "
+                  "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def _worker_guard() -> list[str]:
+    """What goes in front of a torchrun worker's command so that the worker dies with its torchrun
+    (torchrun starts workers in sessions of their own: a signal to the instance's group misses them)."""
+    setpriv = _setpriv()
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--"]
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", PDEATHSIG_EXEC]
+    return []
+
+
 # The watchdog: a shell that reads its stdin (a pipe whose write end only the pipeline holds) until EOF,
 # i.e. until the pipeline closes it after the step or dies, then kills the step's process group.
 # `sh` starts in ~1 ms (a Python watchdog cost ~70 ms per step on the 2-core machine).
@@ -153,6 +175,9 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
     )
     poll_interval: float = Field(default=0.1, description="Seconds between checks for the end of the process.")
 
+    # a distributed step's torchrun instances are process groups on this machine (distributed.py)
+    max_instances: ClassVar[int] = 64
+
     def run(self, job: StepJob, log: Callable[[str], None]) -> StepOutcome:
         bin_dir = self._bin_dir(job)
         env = {**os.environ, **self.env, **job.env, "PYTHONUNBUFFERED": "1"}
@@ -169,46 +194,36 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
                 )
             argv[0] = found
         log(f"command: {shown}")
-        tail = LineTail()
         cancelled = task_cancel_event()
-        setpriv = _setpriv()
-        if setpriv:  # sets the parent-death signal and execs the command: keeps Popen's fast vfork path
-            argv, preexec = [setpriv, "--pdeathsig", "KILL", "--", *argv], None
-        else:  # a preexec_fn forces fork(): ~80 ms for a pipeline process with Prefect and MLflow loaded
-            preexec = _die_with_parent(os.getpid())
-        proc = subprocess.Popen(
-            argv, cwd=job.code_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, bufsize=1, errors="replace", start_new_session=True,
-            # safe here: the function only calls the pre-loaded prctl, getppid and _exit (no imports, no locks)
-            preexec_fn=preexec,  # noqa: PLW1509
-        )
-        with _live_lock:
-            _live_groups.add(proc.pid)
-        dog, dog_pipe = _start_watchdog(proc.pid)
-        reader = threading.Thread(target=_stream, args=(proc.stdout, log, tail), daemon=True)
-        reader.start()
-        exited = _exit_waiter(proc)
+        if job.distribution is not None:  # torchrun, M instances x N processes (distributed.py)
+            # torchrun starts each worker in a session of its own, out of reach of the instance's group:
+            # the parent-death signal makes a worker die with its torchrun, however that ends (kill -9 too)
+            guard = _worker_guard()
+            found = argv[0]
+
+            def render(outputs: dict[str, Path]) -> list[str]:
+                again = replace(job, outputs=outputs).argv(env=env)
+                return [*guard, found, *again[1:]]
+
+            def start(argv: list[str], env: dict[str, str], log: Callable[[str], None], tail: LineTail) -> _Started:
+                return _Started(argv, env, log, tail, cwd=job.code_dir)
+
+            return distributed.run(job, command=[*guard, *argv], render=render, env=env, bin_dir=bin_dir, start=start,
+                                   log=log, poll_interval=self.poll_interval, cancelled=cancelled)
+        tail = LineTail()
+        started = _Started(argv, env, log, tail, cwd=job.code_dir)
         try:
             # wait in slices so Prefect's timeout/cancellation can interrupt this thread
             while True:
-                code = exited(self.poll_interval)
+                code = started.poll_exit(self.poll_interval)
                 if code is not None:
                     break
                 if cancelled is not None and cancelled.is_set():
-                    _kill_group(proc)
+                    _kill_group(started.proc)
                     raise InfrastructureError(
                         f"step '{job.step_name}' was cancelled; its process was stopped.") from None
         finally:
-            exited(None)  # closes the pidfd
-            if proc.poll() is None:
-                _kill_group(proc)
-            with _live_lock:
-                _live_groups.discard(proc.pid)
-            if dog_pipe is not None:
-                os.close(dog_pipe)  # the watchdog sees EOF, kills what is left of the group and exits
-            if dog is not None:  # reaped in the background: the step does not wait for it
-                threading.Thread(target=_reap, args=(dog,), daemon=True).start()
-            reader.join(timeout=5)
+            started.close()
         reason = f"killed by signal {signal.Signals(-code).name}" if code < 0 else None
         return StepOutcome(exit_code=code, last_lines=list(tail), reason=reason)
 
@@ -223,6 +238,56 @@ class ProcessStepInfrastructure(Block, StepInfrastructure):
 
     def describe(self) -> str:
         return "process"
+
+
+class _Started:
+    """One command started in its own process group (the group is what gets stopped): the kernel
+    kills it if the pipeline dies (parent-death signal), a watchdog kills its group when the pipeline
+    closes the watchdog's pipe, and a thread streams its output to `log`. `distributed.Instance`."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Callable[[str], None], tail: LineTail,
+                 cwd: Path | None = None):
+        setpriv = _setpriv()
+        if setpriv:  # sets the parent-death signal and execs the command: keeps Popen's fast vfork path
+            argv, preexec = [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+        else:  # a preexec_fn forces fork(): ~80 ms for a pipeline process with Prefect and MLflow loaded
+            preexec = _die_with_parent(os.getpid())
+        self.proc = proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, bufsize=1, errors="replace", start_new_session=True,
+            # safe here: the function only calls the pre-loaded prctl, getppid and _exit (no imports, no locks)
+            preexec_fn=preexec,  # noqa: PLW1509
+        )
+        with _live_lock:
+            _live_groups.add(proc.pid)
+        self.dog, self.dog_pipe = _start_watchdog(proc.pid)
+        self.reader = threading.Thread(target=_stream, args=(proc.stdout, log, tail), daemon=True)
+        self.reader.start()
+        self._exited = _exit_waiter(proc)
+
+    def poll_exit(self, timeout: float) -> int | None:
+        return self._exited(timeout)
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):  # the group is gone
+            pass
+
+    def close(self) -> None:
+        proc = self.proc
+        self._exited(None)  # closes the pidfd
+        if proc.poll() is None:
+            _kill_group(proc)
+        with _live_lock:
+            _live_groups.discard(proc.pid)
+        if self.dog_pipe is not None:
+            os.close(self.dog_pipe)  # the watchdog sees EOF, kills what is left of the group and exits
+            self.dog_pipe = None
+        if self.dog is not None:  # reaped in the background: the step does not wait for it
+            threading.Thread(target=_reap, args=(self.dog,), daemon=True).start()
+            self.dog = None
+        self.reader.join(timeout=5)
 
 
 def _exit_waiter(proc: subprocess.Popen[str]) -> Callable[[float | None], int | None]:

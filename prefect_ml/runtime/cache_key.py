@@ -86,7 +86,7 @@ def code_digest(code_dir: Path) -> str:
 
 def component_definition(component) -> dict[str, Any]:
     """The parts of a component that change what it computes (not its description or tags)."""
-    return {
+    definition = {
         "name": component.name,
         "version": component.version,
         "command": component.command,
@@ -96,6 +96,12 @@ def component_definition(component) -> dict[str, Any]:
         "environment_variables": {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:16]
                                   for k, v in sorted(component.environment_variables.items())},
     }
+    # the world size changes the numbers a distributed step computes (sharding, reduction order); only
+    # a distributed component has the part, so every other key stays what it was
+    dist = getattr(component, "distribution", None)
+    if dist is not None:
+        definition["distribution"] = [dist.type, dist.instance_count, dist.process_count_per_instance]
+    return definition
 
 
 def step_cache_key(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_ml import storage
 from prefect_ml.errors import PrefectMLError, StepFailed
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob
+from prefect_ml.infrastructure.distributed import check_supported
 from prefect_ml.infrastructure.resolve import resolve_infrastructure
 from prefect_ml.records import Decision, PublishedStep, RunSpec, StepResult, step_fingerprint
 from prefect_ml.runtime import cache_key, outputs
@@ -139,6 +140,7 @@ def execute(ctx: StepContext, infra: StepInfrastructure, data_paths: dict[str, P
     job = StepJob(
         step_name=ctx.step_name, command=component.command, code_dir=component.code, values=d.values,
         data_inputs=data_paths, outputs=out_paths, environment=component.environment, timeout=component.timeout,
+        distribution=component.distribution,
         env={
             **component.environment_variables,
             **ctx.env,
@@ -151,6 +153,7 @@ def execute(ctx: StepContext, infra: StepInfrastructure, data_paths: dict[str, P
                 "prefect-ml.step": ctx.step_name},
     )
     ctx.log(f"running on {infra.describe()}")
+    check_supported(infra, component.distribution, ctx.step_name)  # e.g. Docker: no torchrun launch yet
     outcome = infra.run(job, ctx.log)
     if outcome.exit_code != 0:
         reason = f" ({outcome.reason})" if outcome.reason else ""

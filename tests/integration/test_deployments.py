@@ -149,7 +149,11 @@ class Worker:
             args += ["--work-queue", work_queue]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                args, cwd=self.cwd, env={**stack.env, "PREFECT_HOME": str(home), **(env or {})},
+                # a long client timeout: on a loaded machine a worker's "propose Pending" can time out
+                # after the server applied it, and the retry is then aborted and fails the run
+                # (PrefectHQ/prefect#10263); Prefect's advice is a longer PREFECT_API_REQUEST_TIMEOUT
+                args, cwd=self.cwd, env={**stack.env, "PREFECT_HOME": str(home), "PREFECT_API_REQUEST_TIMEOUT": "300",
+                                         **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
 

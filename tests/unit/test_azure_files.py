@@ -134,7 +134,7 @@ def test_job_kinds_and_keys_refused_with_a_fix(tmp_path):
             {extra}
     """
     for extra, match in [
-        ("distribution: {type: pytorch}", "distributed launch"),
+        ("distribution: {type: mpi}", "MPI jobs are not launched"),
         ("resources: {instance_count: 2}", "one machine"),
         ("outputs: {o: {type: uri_folder, path: azureml://datastores/x/paths/y}}", "published under the artifact root"),
         ("limits: {timeout: -1}", "seconds > 0"),
