@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefect_ml._util import YAMLLimitError, safe_load_yaml, yaml_error_position, yaml_problem
+from prefect_ml._util import load_yaml_file, safe_load_yaml
 from prefect_ml.dsl.component import (
     IDENTIFIER,
     INPUT_MODES,
@@ -228,15 +228,7 @@ def load_pipeline(path: str | Path) -> AzurePipeline:
     if not path.is_file():
         raise ComponentError(f"pipeline file {str(path)!r} does not exist; check the path.")
     text = path.read_text()
-    try:
-        raw = safe_load_yaml(text)
-    except YAMLLimitError as exc:
-        raise ComponentError(f"{path}: {exc}.") from None
-    except Exception as exc:  # yaml.YAMLError
-        if not type(exc).__module__.startswith("yaml"):
-            raise
-        raise ComponentError(f"{path}:{yaml_error_position(exc)}: invalid YAML: {yaml_problem(exc)}; fix the "
-                             "syntax there.") from None
+    raw = load_yaml_file(path, ComponentError, text)
     ctx = _Ctx(path, _Lines(text))
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{path}: expected a pipeline job mapping (type: pipeline, inputs, jobs, ...).")

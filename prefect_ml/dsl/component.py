@@ -14,14 +14,7 @@ from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefect_ml._util import (
-    NAME_PATTERN,
-    NAME_RULE,
-    YAMLLimitError,
-    safe_load_yaml,
-    yaml_error_position,
-    yaml_problem,
-)
+from prefect_ml._util import NAME_PATTERN, NAME_RULE, load_yaml_file
 from prefect_ml.dsl import command_template, context
 from prefect_ml.dsl.step import OutputRef, Step
 from prefect_ml.errors import ComponentError, StepInputError
@@ -552,18 +545,11 @@ def load_component(path: str | Path | None = None, *, source: str | Path | None 
     path = Path(path if path is not None else str(source)).expanduser().resolve()
     if not path.is_file():
         raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
-    try:
-        raw = safe_load_yaml(path.read_text())
-    except YAMLLimitError as exc:
-        raise ComponentError(f"{path}: {exc}.") from None
-    except Exception as exc:  # yaml.YAMLError (yaml is imported lazily)
-        if not type(exc).__module__.startswith("yaml"):
-            raise
-        at = yaml_error_position(exc)
-        raise ComponentError(f"{path}:{at}: invalid YAML: {yaml_problem(exc)}; fix the syntax there.") from exc
+    source_text = path.read_text()
+    raw = load_yaml_file(path, ComponentError, source_text)
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
-    lines = {m.group(1): n for n, text in enumerate(path.read_text().splitlines(), 1)
+    lines = {m.group(1): n for n, text in enumerate(source_text.splitlines(), 1)
              if (m := re.match(r"^([A-Za-z_$][\w$]*)\s*:", text))}
     return component_from_mapping(raw, path, lines=lines)
 
