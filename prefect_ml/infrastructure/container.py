@@ -236,6 +236,15 @@ def run_container(client, job: StepJob, image: str, options: ContainerOptions, l
             mounts, path_map = container_mounts(job, options, bundle, relay=relay)
         env = container_environment(job, options, bundle, relay=relay)
         argv = job.argv(path_map, env)
+        if job.distribution is not None:  # N processes in this one container (the block's max_instances is 1)
+            from prefect_ml.infrastructure import distributed
+
+            # free on this loopback: with network mode host the container shares it; otherwise (none) it
+            # has a loopback of its own, where every port is free
+            port = distributed.free_port()
+            env = distributed.instance_env(env, job.distribution, node_rank=0, master_port=port)
+            argv = distributed.launcher_argv("python", job.distribution, argv, node_rank=0, master_port=port)
+            log(distributed.describe(job.distribution))
         log(f"command: {shlex.join(argv)} (image {image}, user {options.run_as}, network {options.network_mode}"
             f"{', files copied: the engine is not on this machine' if options.transfer == 'copy' else ''})")
         return _run(client, job, image, argv, env, mounts, options, log, copied=places)

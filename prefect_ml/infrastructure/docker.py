@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect_docker import DockerHost, DockerRegistryCredentials
@@ -85,6 +85,8 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
     _block_type_slug = "ml-step-docker-infrastructure"
     _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/14a315b79990200db7341e42553e23650b34bb96-250x250.png"  # type: ignore[assignment]  # Prefect types it HttpUrl; str is how blocks set it
     _description = "Runs prefect-ml steps in Docker containers built from versioned environments (GPU, limits, mounts)."
+    # a distributed step runs torchrun with its N processes in one container; M containers are not launched
+    max_instances: ClassVar[int] = 1
 
     docker_host: DockerHost | None = Field(
         default=None, description="The Docker engine to use. Default: the environment's (DOCKER_HOST or the local "

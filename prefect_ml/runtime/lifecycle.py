@@ -153,7 +153,7 @@ def execute(ctx: StepContext, infra: StepInfrastructure, data_paths: dict[str, P
                 "prefect-ml.step": ctx.step_name},
     )
     ctx.log(f"running on {infra.describe()}")
-    check_supported(infra, component.distribution, ctx.step_name)  # e.g. Docker: no torchrun launch yet
+    check_supported(infra, component.distribution, ctx.step_name)  # e.g. Docker: one instance per step
     outcome = infra.run(job, ctx.log)
     if outcome.exit_code != 0:
         reason = f" ({outcome.reason})" if outcome.reason else ""

@@ -185,3 +185,35 @@ def test_train_torch_two_by_two_matches_a_single_process(home, tmp_path):
     # full batch: DDP's averaged gradient is the single process's gradient (up to float summation order)
     assert np.max(np.abs(p_single - p_ddp)) < 1e-3
     assert sorted(p.name for p in local(out["ddp"]).iterdir()) == sorted(p.name for p in local(out["single"]).iterdir())
+
+
+def test_docker_runs_the_processes_of_one_instance_in_one_container(home, docker_client):
+    """On Docker a distributed step is one container with torchrun and its N processes (network none:
+    the ranks rendezvous on the container's own loopback). The image is the base image with this
+    machine's interpreter and .venv (which has torch) mounted read-only at the same paths."""
+    import sys
+
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+    from tests.integration.conftest import ours
+    from tests.servers import DEFAULT_BASE_IMAGE
+
+    image = os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    mounts = sorted({sys.base_prefix, sys.prefix})
+    block = DockerStepInfrastructure(
+        image=image, pull_policy="never", user="0:0",  # root: this machine's interpreter may live under /root
+        volumes=[f"{p}:{p}:ro" for p in mounts], env={"PATH": f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin"},
+    )
+    probe = replace(load_component(PROBE), distribution=Distribution(process_count_per_instance=2))
+
+    @pipeline(infrastructure=block, cache=False)
+    def ddp_probe_in_docker():
+        return {"result": probe().outputs.result}
+
+    out = local(ddp_probe_in_docker()["result"])
+    result = json.loads((out / "result.json").read_text())
+    assert result["all_reduce"] == 1 + 2  # both ranks took part
+    ranks = result["ranks"]
+    assert [r["RANK"] for r in ranks] == ["0", "1"] and {r["WORLD_SIZE"] for r in ranks} == {"2"}
+    assert {r["NODE_RANK"] for r in ranks} == {"0"} and {r["MASTER_ADDR"] for r in ranks} == {"127.0.0.1"}
+    assert sorted(p.name for p in out.iterdir()) == ["rank-0.txt", "rank-1.txt", "result.json"]
+    assert not ours(docker_client, **{"prefect-ml.step": "ddp_probe"}), "a step container was left behind"

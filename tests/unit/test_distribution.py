@@ -444,18 +444,15 @@ def wait_gone(pids: list[int], within: float = 15.0) -> list[int]:
     return left
 
 
-def test_docker_infrastructure_refuses_a_distributed_step_until_it_launches_torchrun():
+def test_docker_infrastructure_launches_one_instance_per_step():
     from prefect_ml.infrastructure.docker import DockerStepInfrastructure
 
     docker = DockerStepInfrastructure()
     distributed.check_supported(docker, None, "s")
-    if docker.max_instances == 0:
-        with pytest.raises(InfrastructureError, match="does not launch torchrun"):
-            distributed.check_supported(docker, Distribution(process_count_per_instance=2), "s")
-    else:  # Docker launched torchrun: N processes in one container, never M containers
-        assert docker.max_instances == 1
-        with pytest.raises(InfrastructureError, match="at most 1 per step"):
-            distributed.check_supported(docker, Distribution(instance_count=2), "s")
+    distributed.check_supported(docker, Distribution(process_count_per_instance=2), "s")  # N in one container
+    assert docker.max_instances == 1
+    with pytest.raises(InfrastructureError, match="at most 1 per step"):
+        distributed.check_supported(docker, Distribution(instance_count=2), "s")
 
 
 def test_the_world_size_is_part_of_the_cache_key_and_other_keys_do_not_change(tmp_path):

@@ -229,3 +229,42 @@ def test_engine_gpu_support_reads_runtimes_and_cdi():
     assert engine_gpu_support({"Runtimes": {"runc": {}}, "CDISpecDirs": ["/etc/cdi"]}, local=False)[0]
     found, seen = engine_gpu_support({"Runtimes": {"runc": {}, "io.containerd.runc.v2": {}}}, local=False)
     assert not found and seen == "runtimes: io.containerd.runc.v2, runc; no CDI devices"
+
+
+def test_a_distributed_step_runs_torchrun_with_its_processes_in_one_container(tmp_path, monkeypatch):
+    """Docker launches `distribution` as one torchrun instance with N processes (real runs need an image
+    with torch: the process infrastructure's torchrun tests are in tests/integration/test_distributed_step.py)."""
+    from prefect_ml.dsl.component import Distribution
+    from prefect_ml.errors import InfrastructureError
+    from prefect_ml.infrastructure import container, distributed
+    from prefect_ml.infrastructure.base import StepJob, StepOutcome
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+    seen: dict = {}
+
+    def fake_run(client, job, image, argv, env, mounts, options, log, copied=()):
+        seen.update(argv=argv, env=env)
+        return StepOutcome(exit_code=0, last_lines=[])
+
+    monkeypatch.setattr(container, "sweep_orphans", lambda client, log: 0)
+    monkeypatch.setattr(container, "_run", fake_run)
+    code, out = tmp_path / "code", tmp_path / "out"
+    code.mkdir()
+    out.mkdir()
+    job = StepJob(step_name="train", command="python train.py --model ${{outputs.model}}", code_dir=code, values={},
+                  data_inputs={}, outputs={"model": out / "model"},
+                  distribution=Distribution(process_count_per_instance=2))
+    block = DockerStepInfrastructure()
+    distributed.check_supported(block, job.distribution, "train")  # one instance: accepted
+    with pytest.raises(InfrastructureError, match="at most 1 per step"):
+        distributed.check_supported(block, Distribution(process_count_per_instance=2, instance_count=2), "train")
+    lines: list[str] = []
+    container.run_container(object(), job, "img", block.container_options(), lines.append)
+    argv, env = seen["argv"], seen["env"]
+    assert argv[:3] == ["python", "-m", "torch.distributed.run"]
+    assert argv[argv.index("--nproc-per-node") + 1] == "2" and argv[argv.index("--nnodes") + 1] == "1"
+    command = argv[argv.index("--no-python") + 1:]  # the component's command as written, once per process
+    assert command[:3] == ["python", "train.py", "--model"] and command[3].startswith("/prefect-ml/"), command
+    assert env["WORLD_SIZE"] == "2" and env["NODE_RANK"] == "0" and env["MASTER_ADDR"] == "127.0.0.1"
+    assert env["MASTER_PORT"] == argv[argv.index("--master-port") + 1]
+    assert "distributed: 1 x 2 (world size 2)" in lines
