@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from tests.paths import REPO, SHARED_DATA
 
-__all__ = ["REPO", "SHARED_DATA", "make_env", "require"]  # `from tests.conftest import REPO, SHARED_DATA` keeps working
+# `from tests.conftest import REPO, SHARED_DATA` keeps working
+__all__ = ["REPO", "SHARED_DATA", "alive", "make_env", "require", "still_running"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -69,3 +72,22 @@ def data(tmp_path) -> Path:
     (d / "folder" / "p1.csv").write_text("1\n")
     (d / "folder" / "p2.csv").write_text("2\n")
     return d
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def still_running(pids: Iterable[int], within: float = 15.0) -> set[int]:
+    """The pids still running after up to `within` s (what is left of a process group gets its SIGKILL
+    from the step's watchdog, asynchronously)."""
+    pids = set(pids)
+    deadline = time.monotonic() + within
+    while (left := {p for p in pids if alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

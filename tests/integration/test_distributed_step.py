@@ -25,7 +25,7 @@ from prefect_ml.dsl.component import Distribution
 from prefect_ml.errors import StepFailed
 from prefect_ml.infrastructure.base import StepJob, StepOutcome
 from prefect_ml.infrastructure.process import ProcessStepInfrastructure
-from tests.conftest import require
+from tests.conftest import alive, require, still_running
 from tests.paths import REPO
 
 PROBE = REPO / "tests" / "fixtures" / "components" / "ddp_probe" / "component.yaml"
@@ -51,24 +51,6 @@ def home(prefect_api, tmp_path_factory) -> Path:
 
 def local(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def still_running(pids: set[int], within: float = 15.0) -> set[int]:
-    """The pids still running after up to `within` s (what is left of a group gets its SIGKILL from the
-    step's watchdog, asynchronously)."""
-    deadline = time.monotonic() + within
-    while (left := {p for p in pids if alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
 
 
 def test_two_instances_of_two_processes_see_each_other_and_publish_rank_zeros_output(home):

@@ -22,7 +22,7 @@ from prefect_ml.errors import ComponentError, InfrastructureError
 from prefect_ml.infrastructure import distributed, process
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob
 from prefect_ml.infrastructure.process import ProcessStepInfrastructure
-from tests.conftest import require
+from tests.conftest import require, still_running
 from tests.paths import REPO
 
 PROBE = REPO / "tests" / "fixtures" / "components" / "ddp_probe" / "component.yaml"
@@ -422,26 +422,7 @@ def test_process_infrastructure_runs_real_process_groups_and_stops_them(tmp_path
     assert "distributed: 2 x 1 (world size 2)" in lines
     left = [int(p.read_text()) for p in pids.iterdir()]
     assert len(left) == 2
-    assert wait_gone(left) == []
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_gone(pids: list[int], within: float = 15.0) -> list[int]:
-    """The pids still running after up to `within` s (the watchdog's SIGKILL is asynchronous)."""
-    import time
-
-    deadline = time.monotonic() + within
-    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+    assert still_running(left) == set()
 
 
 def test_docker_infrastructure_launches_one_instance_per_step():
