@@ -17,7 +17,7 @@ import pytest
 from tests.paths import REPO, SHARED_DATA
 
 # `from tests.conftest import REPO, SHARED_DATA` keeps working
-__all__ = ["REPO", "SHARED_DATA", "alive", "make_env", "require", "still_running"]
+__all__ = ["REPO", "SHARED_DATA", "alive", "make_env", "require", "still_running", "task_runs"]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -91,3 +91,24 @@ def still_running(pids: Iterable[int], within: float = 15.0) -> set[int]:
     while (left := {p for p in pids if alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def task_runs(flow_run, names: Iterable[str] = (), within: float = 30.0) -> list:
+    """The task runs of `flow_run` (a flow state or a flow-run id) once each has a final state.
+
+    Prefect 3 records task runs from events, which reach the server after the flow returns: a read
+    right away can miss a run or see one without its final state (seen in CI as `state` None).
+    Waits up to `within` s for every run, and every name in `names`, then returns the last read.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = getattr(getattr(flow_run, "state_details", None), "flow_run_id", flow_run)
+    wanted, deadline = set(names), time.monotonic() + within
+    with get_client(sync_client=True) as c:
+        while True:
+            runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            settled = all(r.state is not None and r.state.is_final() for r in runs)
+            if (settled and wanted <= {r.name for r in runs}) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)

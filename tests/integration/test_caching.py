@@ -5,21 +5,18 @@ import threading
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_ml import command, gate, load_component, pipeline
 from prefect_ml.dsl.pipeline import plan
 from prefect_ml.errors import StepFailed
 from prefect_ml.samples import credit_default_sample
+from tests.conftest import task_runs
 from tests.paths import REPO
 
 
 def states(flow_state) -> dict[str, str]:
     """Step name -> final state name ('Completed' = ran, 'Cached' = reused)."""
-    with get_client(sync_client=True) as c:
-        flow_run_id = flow_state.state_details.flow_run_id
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = task_runs(flow_state, names=ALL_RAN)
     return {r.name: r.state.name for r in runs if not r.name.startswith(("gate", "register"))}
 
 
@@ -114,9 +111,7 @@ def test_retry_reruns_only_the_failed_step(env, tmp_path):
 
     state = retrying(return_state=True)
     assert Path(state.result().removeprefix("file://")).read_text() == "ok"
-    with get_client(sync_client=True) as c:
-        flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        run = c.read_task_runs(flow_run_filter=flow_run_filter)[0]
+    [run] = task_runs(state, names=["flaky"])
     assert run.run_count == 2 and run.state.is_completed()
 
 

@@ -7,19 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from tests.conftest import task_runs
 from tests.paths import REPO, SHARED_DATA
 
 sys.path.insert(0, str(REPO / "flows"))
 from credit_default import credit_default
 
 STEPS = {"data_prep", "train", "evaluate"}
-
-
-def task_runs(flow_run_id):
-    with get_client(sync_client=True) as c:
-        return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def local(uri: str) -> Path:
@@ -33,7 +28,7 @@ def check_run(state, model_name):
     from prefect_ml.runtime import tracking
 
     out = state.result()
-    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    runs = {r.name: r for r in task_runs(state, names=STEPS)}
     assert set(runs) >= STEPS and any(n.startswith("gate-auc") for n in runs)
     assert any(n == f"register-{model_name}" for n in runs)
     assert all(runs[s].state.is_completed() for s in STEPS)
@@ -96,7 +91,7 @@ def test_credit_default_on_demo_data_then_gate_blocks_registration(env):
     assert state2.result()["registered"] is None
     versions = tracking.client().search_model_versions("name='credit_defaults_model'")
     assert len(versions) == 1
-    cached = [r for r in task_runs(state2.state_details.flow_run_id) if r.name in STEPS]
+    cached = [r for r in task_runs(state2, names=STEPS) if r.name in STEPS]
     assert len(cached) == 3 and all(r.state.name == "Cached" for r in cached)
 
     # an unchanged re-run that passes the gate: the same model is not registered twice

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import task_runs
 from tests.integration.conftest import ours
 from tests.paths import REPO
 from tests.servers import DEFAULT_BASE_IMAGE, docker_available
@@ -77,7 +78,7 @@ def test_credit_default_every_step_in_docker_registers_a_model(env, base_image, 
     finally:
         sys.path.remove(str(REPO / "flows"))
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     state = credit_default(n_estimators=20, registered_model_name="docker_model", return_state=True)
     assert state.is_completed(), state.message
@@ -90,8 +91,8 @@ def test_credit_default_every_step_in_docker_registers_a_model(env, base_image, 
     assert os.stat(model_dir / "MLmodel").st_uid == os.getuid()  # outputs belong to the host user
 
     flow_run_id = state.state_details.flow_run_id
+    runs = task_runs(state, names=["data_prep", "train", "evaluate"])
     with get_client(sync_client=True) as c:
-        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     assert {"data_prep", "train", "evaluate"} <= {r.name for r in runs}
     text = "\n".join(log.message for log in logs)

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_ml import Input, Output, command, gate, pipeline
 from prefect_ml.errors import GateError, StepFailed, StepInputError
-
-
-def task_runs(flow_run_id):
-    with get_client(sync_client=True) as c:
-        return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+from tests.conftest import task_runs
 
 
 def script(dir: Path, name: str, body: str) -> None:
@@ -60,7 +55,7 @@ def test_independent_steps_run_concurrently(env, tools):
     state = two_sleeps(return_state=True)
     out = state.result()
     assert Path(out["a"].removeprefix("file://"), "done.txt").read_text() == "a"
-    runs = {r.name: r for r in task_runs(state.state_details.flow_run_id)}
+    runs = {r.name: r for r in task_runs(state, names=["sleepy", "sleepy-2"])}
     a, b = runs["sleepy"], runs["sleepy-2"]
     assert a.state.is_completed() and b.state.is_completed()
     # both started before either ended: they overlapped in time
@@ -226,7 +221,7 @@ def test_output_streams_into_task_run_logs_while_the_step_runs(env, tmp_path):
     while True:
         with get_client(sync_client=True) as c:
             logs = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-            run = next(r for r in task_runs(state.state_details.flow_run_id) if r.name == "talk")
+            run = next(r for r in task_runs(state, names=["talk"]) if r.name == "talk")
         ticks = sorted(log.timestamp for log in logs if log.message.startswith("tick "))
         if len(ticks) == 4 or time.monotonic() > deadline:
             break

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from prefect_ml import fail, gate, load_function_component, pipeline, sweep
 from prefect_ml.dsl.sweep import SweepError
 from prefect_ml.search import choice
-from tests.conftest import require
+from tests.conftest import require, task_runs
 from tests.servers import DEFAULT_BASE_IMAGE, docker_available, docker_image_available
 
 HEADER = "from prefect_ml import Input, Output, component\n\n"
@@ -52,12 +51,6 @@ def write_module(root: Path, name: str, body: str, **consts: str) -> Path:
     text = HEADER + "".join(f"{k} = {v!r}\n" for k, v in consts.items()) + textwrap.dedent(body)
     (code / f"{name}.py").write_text(text)
     return code / f"{name}.py"
-
-
-def task_runs(flow_state) -> list:
-    with get_client(sync_client=True) as c:
-        flow_run_id = flow_state.state_details.flow_run_id
-        return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def mlflow_run(flow_state):

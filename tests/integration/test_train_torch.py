@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, task_runs
 from tests.paths import REPO
 
 sys.path.insert(0, str(REPO / "flows"))
@@ -109,9 +109,6 @@ def test_torch_trainer_is_scored_by_evaluate_and_registered(torch_run):
 
 
 def test_device_cuda_without_cuda_fails_the_step_with_one_line(torch_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     state = credit_default(trainer="torch", epochs=EPOCHS, device="cuda", min_auc=0.6,
                            registered_model_name=MODEL, return_state=True)
     if state.is_completed():  # (not importing torch here to ask: the step's answer is the one that counts)
@@ -125,9 +122,7 @@ def test_device_cuda_without_cuda_fails_the_step_with_one_line(torch_run):
     assert line.startswith("error: --device cuda: CUDA is not available (")  # then: a CPU-only build, or no GPU seen
     assert "--device auto / --device cpu" in line
     assert message.count("Traceback") == 0  # one line, no stack trace
-    with get_client(sync_client=True) as c:
-        runs = {r.name: r for r in c.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))}
+    runs = {r.name: r for r in task_runs(state, names=["data_prep", "train_torch"])}
     assert runs["data_prep"].state.name == "Cached"  # same split as the first run
     assert runs["train_torch"].state.is_failed()
     assert "evaluate" not in runs or not runs["evaluate"].state.is_completed()
