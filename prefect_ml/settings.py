@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -141,9 +142,22 @@ _active: ContextVar[PrefectMLSettings | None] = ContextVar("prefect_ml_settings"
 
 
 def get_settings() -> PrefectMLSettings:
-    """The settings in force: those `use_settings` activated (a step on a Dask worker runs with its run's
-    snapshot), else fresh ones from the environment (cheap; read at each use so tests can change env)."""
-    return _active.get() or PrefectMLSettings()
+    """The settings in force: those `use_settings` activated (a pipeline run's snapshot), else the ones
+    the environment gives now. Treat them as read-only: they are shared until the environment changes."""
+    return _active.get() or _from_environment(_environment_key())
+
+
+def _environment_key() -> tuple[tuple[str, str], ...]:
+    """What the settings are read from: the PREFECT_ML_* variables (any case) and MLFLOW_TRACKING_URI."""
+    return tuple(sorted((k, v) for k, v in os.environ.items()
+                        if k.upper().startswith("PREFECT_ML_") or k == "MLFLOW_TRACKING_URI"))
+
+
+@functools.lru_cache(maxsize=8)
+def _from_environment(key: tuple[tuple[str, str], ...]) -> PrefectMLSettings:
+    # building settings costs ~1 ms of CPU (pydantic-settings walks every field against the
+    # environment); a step used to rebuild them a dozen times, from its thread and the background writers
+    return PrefectMLSettings()
 
 
 @contextlib.contextmanager

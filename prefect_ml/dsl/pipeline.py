@@ -31,7 +31,7 @@ from prefect_ml.records import RunSpec, StepResult
 from prefect_ml.runtime import tracking
 from prefect_ml.runtime.lifecycle import UPSTREAM
 from prefect_ml.runtime.task_runners import PipelineTaskRunner
-from prefect_ml.settings import PrefectMLSettings, get_settings
+from prefect_ml.settings import PrefectMLSettings, get_settings, use_settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,7 +240,8 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
     run = PipelineRun(replace(spec, mlflow_run_id=mlflow_run_id))
     ok = False
     try:
-        with context.activate(run):
+        # the run's settings, read once: every step and observer sees the same (and skips re-reading them)
+        with context.activate(run), use_settings(spec.settings):
             result = func(*args, **kwargs)
             for step in list(run.steps):
                 step.wait()

@@ -45,6 +45,20 @@ def test_flush_without_writes_returns_at_once():
     assert tracking._Writer().flush(timeout=1) == []
 
 
+def test_settings_are_read_once_per_environment_and_again_when_it_changes(monkeypatch, tmp_path):
+    from prefect_ml.settings import get_settings, use_settings
+
+    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "a"))
+    first = get_settings()
+    assert get_settings() is first  # not rebuilt: a step reads them a dozen times
+    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "b"))
+    assert get_settings().home_path == tmp_path / "b"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert get_settings().mlflow_tracking_uri == "http://127.0.0.1:5999"
+    with use_settings(first):  # a pipeline run's snapshot wins over later changes
+        assert get_settings() is first
+
+
 def test_install_script_uses_uv_with_pip_as_the_fallback():
     from prefect_ml.environments.image import install_script
 
