@@ -3,10 +3,13 @@ process infrastructure, vs the same number of bare Prefect tasks running the sam
 and vs Kubeflow Pipelines' local SubprocessRunner and ZenML's local orchestrator (each in a venv
 of its own under benchmarks/.venvs/, made by `--setup-peers`).
 
-    python benchmarks/bench_orchestration.py [--reps 5] [--sizes 1,10,50] [--quick]
+    python benchmarks/bench_orchestration.py [--reps 5] [--sizes 1,10,50] [--quick] [--breakdown]
 
 Per-step cost = least-squares slope of the median wall time over the chain length; overhead =
 per-step cost minus the bare `python -c pass` subprocess. Target: <= 0.03 s per step, below KFP's.
+
+`--breakdown` adds prefect-ml with fewer step observers (MLflow tracking only; none), to show what
+each record of a step costs: the observers are the only difference from the full run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 TARGET_OVERHEAD_S = 0.03
+# --breakdown: prefect-ml with fewer observers (runtime.task.default_observers), in the same worker
+BREAKDOWN = ("prefect-ml, tracking only", "prefect-ml, no observers")
 PEERS = {
     "kfp": ["kfp"],
     "zenml": ["zenml[local]"],
@@ -46,10 +51,21 @@ def worker_prefect() -> None:
         return {"prefect_start_s": first}
 
     def run(kind: str, n: int):
-        fn = state["chain"] if kind == "prefect-ml" else bare_chain
-        t0 = time.perf_counter()
-        fn(n=n)
-        return {"seconds": time.perf_counter() - t0}
+        import prefect_ml.runtime.task as step_task
+        from prefect_ml.runtime.tracking import TrackingObserver
+
+        fn = state["chain"] if kind.startswith("prefect-ml") else bare_chain
+        full = step_task.default_observers
+        if kind == "prefect-ml, tracking only":
+            step_task.default_observers = lambda: [TrackingObserver()]
+        elif kind == "prefect-ml, no observers":
+            step_task.default_observers = lambda: []
+        try:
+            t0 = time.perf_counter()
+            fn(n=n)
+            return {"seconds": time.perf_counter() - t0}
+        finally:
+            step_task.default_observers = full
 
     def sub():
         return {"seconds": subprocess_seconds()}
@@ -88,6 +104,8 @@ def main() -> None:
     p.add_argument("--servers", action="store_true",
                    help="run prefect-ml and bare Prefect against `prefect-ml server start` servers (fresh homes, free "
                         "ports: MLflow over REST) instead of the embedded default; results in orchestration_servers.json")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also run prefect-ml with MLflow tracking only and with no step observers")
     p.add_argument("--worker", help=argparse_hidden())
     args = p.parse_args()
     if args.worker:
@@ -135,8 +153,9 @@ def main() -> None:
                 except RuntimeError as exc:
                     run.notes.append(f"{peer}: could not start ({str(exc).splitlines()[0][:200]}); skipped")
                     w.close()
-            kinds = ["prefect-ml", "prefect", *[p for p in peers if p in workers]]
-            owner = {"prefect-ml": "prefect", "prefect": "prefect"}
+            kinds = ["prefect-ml", *(BREAKDOWN if args.breakdown else ()), "prefect",
+                     *[p for p in peers if p in workers]]
+            owner = {"prefect-ml": "prefect", "prefect": "prefect", **{k: "prefect" for k in BREAKDOWN}}
             cases = {}
             for n in sizes:
                 for kind in kinds:

@@ -6,7 +6,7 @@
 #                                         2. types        mypy (files and options from pyproject.toml)
 #                                         3. unit         pytest tests/unit         (no servers, < 1 min)
 #                                         4. services     scripts/setup-test-services.sh
-#                                         5. integration  pytest tests/integration  (real servers, ~15 min)
+#                                         5. integration  pytest tests/integration  (real servers; 2 workers)
 #   scripts/test.sh --unit [PYTEST ARGS...]
 #                                       phases 1-3 only (no services); PYTEST ARGS go to pytest tests/unit
 #   scripts/test.sh PYTEST ARGS...      services, then pytest with those args, e.g.
@@ -107,6 +107,15 @@ services() {
     fi
 }
 
+# The integration tier on PREFECT_ML_TEST_WORKERS pytest-xdist workers (default 2; 0 or 1: one
+# process). Its tests mostly wait on servers, containers and subprocesses, so 2 workers pay off
+# even on 2 cores; tests/integration/conftest.py keeps the Docker modules together on one worker.
+WORKERS="${PREFECT_ML_TEST_WORKERS:-2}"
+XDIST=()
+if [ "$WORKERS" -gt 1 ]; then
+    XDIST=(-n "$WORKERS" --dist loadscope)
+fi
+
 case "$mode" in
     full|unit)
         phase "lint" "$PY" -m ruff check prefect_ml tests
@@ -114,7 +123,7 @@ case "$mode" in
         phase "unit tests" pytest_run tests/unit "$@"
         if [ "$mode" = full ]; then
             phase "test services" services
-            phase "integration tests" pytest_run tests/integration
+            phase "integration tests" pytest_run tests/integration "${XDIST[@]}"
         fi
         ;;
     args)

@@ -3,6 +3,7 @@ and the real Docker engine. Every test collected under tests/integration/ is mar
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -21,6 +22,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+# Under pytest-xdist (`-n 2 --dist loadscope`, as scripts/test.sh runs this tier) each module runs whole on
+# one worker (its module fixtures start once), and every module that touches a Docker engine or the
+# deployment stack runs on the same worker: they check that no container of ours is left and garbage-collect
+# containers, which a concurrent module's containers would upset. (xdist's own `xdist_group` marks do not
+# take effect with pytest 9.2's node ids, so the grouping is this scheduler's.)
+ENGINE_GROUP = "docker-engine"
+_ENGINE_WORDS = ("docker", "deploy_stack")
+
+
+@functools.cache
+def _group(path: Path) -> str:
+    """The scope a test module runs in: the engine group, or the module alone."""
+    text = path.read_text().lower() if path.is_file() else ""
+    return ENGINE_GROUP if any(w in text for w in _ENGINE_WORDS) else str(path)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler factory
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleAndEngineScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(config.rootpath / nodeid.split("::", 1)[0])
+
+    return ModuleAndEngineScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
