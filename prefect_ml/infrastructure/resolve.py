@@ -11,6 +11,9 @@ from prefect_ml.infrastructure.base import StepInfrastructure
 from prefect_ml.infrastructure.process import ProcessStepInfrastructure
 
 BUILTINS = ("process", "docker")
+# DockerStepInfrastructure's block type slug, known without importing it (prefect-docker takes ~0.4 s
+# to import: a run on process infrastructure should not pay it); a unit test keeps the two equal
+DOCKER_BLOCK_SLUG = "ml-step-docker-infrastructure"
 
 
 def block_types() -> list[type[Block]]:
@@ -27,6 +30,40 @@ def _types_in_turn() -> Iterator[type[Block]]:
     except ImportError:  # pragma: no cover - docker support is optional at import time
         return
     yield DockerStepInfrastructure
+
+
+def _load_saved(name: str) -> StepInfrastructure | None:
+    """The saved block `name` of a prefect-ml type, or None. The Docker type is imported only when a
+    Docker block of that name is saved."""
+    block = _load(ProcessStepInfrastructure, name)
+    if block is not None or not _maybe_saved(name, DOCKER_BLOCK_SLUG):
+        return block
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+    return _load(DockerStepInfrastructure, name)
+
+
+def _load(block_type: type[Block], name: str) -> StepInfrastructure | None:
+    try:
+        block = block_type.load(name)
+    except Exception:
+        return None
+    return block if isinstance(block, StepInfrastructure) else None  # a sync load returns the block itself
+
+
+def _maybe_saved(name: str, slug: str) -> bool:
+    """False only when the API says there is no block `name` of type `slug`."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_block_document_by_name(name, slug, include_secrets=False)
+    except ObjectNotFound:
+        return False
+    except Exception:
+        return True  # let the load itself say what is wrong
+    return True
 
 
 def saved_names() -> list[str]:
@@ -68,13 +105,9 @@ def resolve_infrastructure(value: str | StepInfrastructure | None) -> StepInfras
     name = value or get_settings().infrastructure
     # a saved block wins over a built-in of the same name (`prefect-ml init` saves `process`)
     if name not in BUILTINS or _api_available():
-        for t in _types_in_turn():
-            try:
-                block = t.load(name)
-            except Exception:
-                continue
-            if isinstance(block, StepInfrastructure):  # a sync load returns the block itself
-                return block
+        block = _load_saved(name)
+        if block is not None:
+            return block
     if name == "process":
         return ProcessStepInfrastructure()
     if name == "docker":

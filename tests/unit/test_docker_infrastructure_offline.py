@@ -268,3 +268,29 @@ def test_a_distributed_step_runs_torchrun_with_its_processes_in_one_container(tm
     assert env["WORLD_SIZE"] == "2" and env["NODE_RANK"] == "0" and env["MASTER_ADDR"] == "127.0.0.1"
     assert env["MASTER_PORT"] == argv[argv.index("--master-port") + 1]
     assert "distributed: 1 x 2 (world size 2)" in lines
+
+
+def test_the_docker_block_slug_is_known_without_importing_the_block():
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+    from prefect_ml.infrastructure.resolve import DOCKER_BLOCK_SLUG
+
+    assert DockerStepInfrastructure.get_block_type_slug() == DOCKER_BLOCK_SLUG
+
+
+def test_process_infrastructure_resolves_without_importing_prefect_docker():
+    import subprocess
+    import sys
+
+    # no saved block named `process` (the API answers "not found" for both types): the built-in, and
+    # prefect-docker (~0.4 s) stays unimported on a run that never uses Docker
+    code = (
+        "import sys\n"
+        "from prefect_ml.infrastructure import resolve\n"
+        "resolve._api_available = lambda: True\n"
+        "resolve._load = lambda block_type, name: None\n"
+        "resolve._maybe_saved = lambda name, slug: False\n"
+        "infra = resolve.resolve_infrastructure('process')\n"
+        "print(type(infra).__name__, 'prefect_docker' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["ProcessStepInfrastructure", "False"]
