@@ -389,11 +389,22 @@ def record_comparison(comparison: Comparison, version: int, *, reused: bool = Fa
         elif comparison.decision == HOLDS:
             tags |= _status_tags(REJECTED, by="prefect-ml", reason=f"lost the comparison: {comparison.reason}",
                                  via="comparison")
-        for k, v in tags.items():
+        for k, v in _to_write(before, tags).items():
             client.set_model_version_tag(name, str(version), k, v)
         if comparison.wins:
             client.set_registered_model_alias(name, CHALLENGER, str(version))
     return comparison
+
+
+def _to_write(before: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags that differ from what the version carries. A comparison or decision that is the same
+    as the recorded one keeps the time it was first made: an unchanged re-run records nothing (MLflow
+    has no batch call for version tags, so each one written is a request)."""
+    changed = {k: v for k, v in tags.items() if before.get(k) != str(v)}
+    for stamp, group in ((f"{COMPARISON_TAG}at", (COMPARISON_TAG,)), (f"{APPROVAL_TAG}at", (APPROVAL_TAG, STATUS_TAG))):
+        if stamp in changed and not any(k.startswith(group) for k in changed if k != stamp):
+            del changed[stamp]
+    return changed
 
 
 def comparison_of(name: str, version: int) -> Comparison | None:

@@ -270,3 +270,15 @@ def test_cli_rejected_needs_force(registry):
     assert refused.exit_code == 1 and "--force" in refused.stderr
     assert _champion() == v1
     assert _cli("promote", NAME, str(v2), "--force").exit_code == 0 and _champion() == v2
+
+
+def test_an_unchanged_comparison_writes_no_tags_and_keeps_its_times():
+    from prefect_ml.runtime.promotion import APPROVAL_TAG, COMPARISON_TAG, STATUS_TAG, _to_write
+
+    before = {f"{COMPARISON_TAG}decision": "wins", f"{COMPARISON_TAG}at": "t1",
+              STATUS_TAG: "PendingManualApproval", f"{APPROVAL_TAG}via": "comparison", f"{APPROVAL_TAG}at": "t1"}
+    again = {**before, f"{COMPARISON_TAG}at": "t2", f"{APPROVAL_TAG}at": "t2"}
+    assert _to_write(before, again) == {}  # a re-run of the same model: nothing new to record
+    changed = {**again, f"{COMPARISON_TAG}decision": "holds"}
+    assert _to_write(before, changed) == {f"{COMPARISON_TAG}decision": "holds", f"{COMPARISON_TAG}at": "t2"}
+    assert _to_write({}, again) == again  # a new version gets every tag
