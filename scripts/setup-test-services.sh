@@ -72,6 +72,26 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
 fi
 
 # --- 2. Docker engine ------------------------------------------------------------------
+# wait_for_engine LABEL UP PID_OF PID LOG: wait until the command UP succeeds; give up when the engine's
+# process (PID, or what PID_OF finds) is gone or after DOCKERD_TIMEOUT s, with the last lines of LOG.
+wait_for_engine() {
+    local label="$1" up="$2" pid_of="$3" pid="$4" log="$5" start=$SECONDS
+    until "$up"; do
+        if ! kill -0 "$pid" 2>/dev/null && ! "$pid_of" >/dev/null; then
+            warn "error: $label exited during startup; last lines of $log:"
+            tail -n 20 "$log" >&2
+            return 1
+        fi
+        if [ $((SECONDS - start)) -ge "$DOCKERD_TIMEOUT" ]; then
+            warn "error: $label (pid $pid) did not answer within ${DOCKERD_TIMEOUT} s; last lines of $log:"
+            tail -n 20 "$log" >&2
+            return 1
+        fi
+        sleep 1
+    done
+    say "$label up after $((SECONDS - start)) s"
+}
+
 dockerd_pid() {
     # The pid of a running dockerd from its pid file (dockerd writes /var/run/docker.pid).
     local pid
@@ -99,23 +119,8 @@ else
             >>"$STATE/dockerd.log" 2>&1 </dev/null 9>&- &
         pid=$!
     fi
-    start=$SECONDS
-    until docker_up; do
-        if ! kill -0 "$pid" 2>/dev/null && ! dockerd_pid >/dev/null; then
-            warn "error: dockerd exited during startup; last lines of $STATE/dockerd.log:"
-            tail -n 20 "$STATE/dockerd.log" >&2
-            break
-        fi
-        if [ $((SECONDS - start)) -ge "$DOCKERD_TIMEOUT" ]; then
-            warn "error: dockerd (pid $pid) did not answer 'docker info' within ${DOCKERD_TIMEOUT} s;" \
-                "last lines of $STATE/dockerd.log:"
-            tail -n 20 "$STATE/dockerd.log" >&2
-            break
-        fi
-        sleep 1
-    done
-    docker_up && say "dockerd up after $((SECONDS - start)) s"
-    docker_up || missing+=("Docker engine (dockerd did not start, see $STATE/dockerd.log)")
+    wait_for_engine dockerd docker_up dockerd_pid "$pid" "$STATE/dockerd.log" ||
+        missing+=("Docker engine (dockerd did not start, see $STATE/dockerd.log)")
 fi
 
 if docker_up; then
@@ -187,22 +192,8 @@ else
             >>"$STATE/dockerd-remote.log" 2>&1 </dev/null 9>&- &
         pid=$!
     fi
-    start=$SECONDS
-    until remote_up; do
-        if ! kill -0 "$pid" 2>/dev/null && ! remote_pid >/dev/null; then
-            warn "error: the second dockerd exited during startup; last lines of $STATE/dockerd-remote.log:"
-            tail -n 20 "$STATE/dockerd-remote.log" >&2
-            break
-        fi
-        if [ $((SECONDS - start)) -ge "$DOCKERD_TIMEOUT" ]; then
-            warn "error: the second dockerd (pid $pid) did not answer within ${DOCKERD_TIMEOUT} s"
-            tail -n 20 "$STATE/dockerd-remote.log" >&2
-            break
-        fi
-        sleep 1
-    done
-    remote_up && say "second dockerd up after $((SECONDS - start)) s"
-    remote_up || missing+=("second Docker engine on $REMOTE_HOST (see $STATE/dockerd-remote.log)")
+    wait_for_engine "the second dockerd" remote_up remote_pid "$pid" "$STATE/dockerd-remote.log" ||
+        missing+=("second Docker engine on $REMOTE_HOST (see $STATE/dockerd-remote.log)")
 fi
 
 if remote_up; then
