@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prefect.blocks.core import Block
 
 from prefect_ml.errors import InfrastructureError
@@ -17,19 +15,12 @@ DOCKER_BLOCK_SLUG = "ml-step-docker-infrastructure"
 
 
 def block_types() -> list[type[Block]]:
-    """Every prefect-ml infrastructure block type (imports the Docker block: see `_types_in_turn`)."""
-    return list(_types_in_turn())
-
-
-def _types_in_turn() -> Iterator[type[Block]]:
-    """The block types one at a time: the Docker block (prefect-docker, ~1 s to import on a small
-    machine) is imported only when a name was not found as a process block."""
-    yield ProcessStepInfrastructure
+    """Every prefect-ml infrastructure block type (imports the Docker block, so: not on a run's path)."""
     try:
         from prefect_ml.infrastructure.docker import DockerStepInfrastructure
     except ImportError:  # pragma: no cover - docker support is optional at import time
-        return
-    yield DockerStepInfrastructure
+        return [ProcessStepInfrastructure]
+    return [ProcessStepInfrastructure, DockerStepInfrastructure]
 
 
 def _load_saved(name: str) -> StepInfrastructure | None:
