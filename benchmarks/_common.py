@@ -244,13 +244,21 @@ def workdir(args: argparse.Namespace, name: str):
 # --- the environment a measured Prefect process runs in -----------------------------------------
 
 
-def bench_env(work: Path, **extra: str) -> dict[str, str]:
+# `run_all.sh --quick` starts one Prefect server for every script and names it here: a smoke test need not
+# pay a temporary Prefect API per script (~16 s each on 2 cores). Full runs never set it.
+SHARED_API_URL = os.environ.get("PREFECT_ML_BENCH_API_URL")
+
+
+def bench_env(work: Path, *, own_api: bool = False, **extra: str) -> dict[str, str]:
     """Environment for a process that runs flows: its own Prefect home and prefect-ml home, no
-    telemetry, console logs at WARNING (logs still go to the API at INFO, as for a user)."""
+    telemetry, console logs at WARNING (logs still go to the API at INFO, as for a user). The Prefect
+    API is the embedded default, or run_all's shared one under `--quick` unless `own_api`."""
     env = dict(os.environ)
     for k in ("PREFECT_API_URL", "PREFECT_API_KEY", "MLFLOW_TRACKING_URI", "PREFECT_ML_ARTIFACT_ROOT",
-              "PREFECT_ML_INFRASTRUCTURE", "PREFECT_ML_CACHE"):
+              "PREFECT_ML_INFRASTRUCTURE", "PREFECT_ML_CACHE", "PREFECT_ML_BENCH_API_URL"):
         env.pop(k, None)
+    if SHARED_API_URL and not own_api:
+        env["PREFECT_API_URL"] = SHARED_API_URL
     (work / "prefect").mkdir(parents=True, exist_ok=True)
     env.update({
         "PREFECT_HOME": str(work / "prefect"),

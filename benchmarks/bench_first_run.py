@@ -111,7 +111,7 @@ def main() -> None:
             w.mkdir()
             c.note("fresh process: import, Prefect start, cold credit-default ...")
             proc = subprocess.run([str(c.STACK_PYTHON), __file__, "--child", "--child-work", str(w)],
-                                  env=c.bench_env(w), capture_output=True, text=True, timeout=1200, cwd=c.REPO)
+                                  env=c.bench_env(w, own_api=True), capture_output=True, text=True, timeout=1200, cwd=c.REPO)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-3000:])
             splits.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -123,7 +123,7 @@ def main() -> None:
         code = ("import time,sys; from prefect_ml import environments as e; t=time.perf_counter(); "
                 "e.ensure_venv('sklearn-cpu', start=__import__('pathlib').Path('.').resolve()); "
                 "print(time.perf_counter()-t)")
-        proc = subprocess.run([str(c.STACK_PYTHON), "-c", code], env=c.bench_env(w), capture_output=True, text=True,
+        proc = subprocess.run([str(c.STACK_PYTHON), "-c", code], env=c.bench_env(w, own_api=True), capture_output=True, text=True,
                               cwd=c.REPO, timeout=900)
         venv_s = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else float("nan")
         if proc.returncode != 0:
@@ -132,7 +132,7 @@ def main() -> None:
         if demo:
             clone = work / "clone-demo"
             fresh_clone(clone)
-            denv = c.bench_env(work / "demo-homes")
+            denv = c.bench_env(work / "demo-homes", own_api=True)
             for k in ("PREFECT_HOME", "PREFECT_ML_HOME", "PYTHONPATH"):
                 denv.pop(k, None)  # the script sets up its own, as for a newcomer
             denv["HOME"] = str(work / "demo-user-home")  # fresh ~/.prefect and ~/.prefect-ml
