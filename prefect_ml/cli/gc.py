@@ -153,7 +153,8 @@ def find_uploads(root_uri: str, cutoff: float) -> list[Garbage]:
     return found
 
 
-def collect(kinds: set[str], older_than_hours: float, notes: list[str]) -> list[Garbage]:
+def collect(kinds: set[str], older_than_hours: float, notes: list[str],
+            docker_host: str | None = None) -> list[Garbage]:
     from prefect_ml.errors import PrefectMLError
     from prefect_ml.settings import get_settings
 
@@ -176,8 +177,13 @@ def collect(kinds: set[str], older_than_hours: float, notes: list[str]) -> list[
     if kinds & {"containers", "images"}:
         from prefect_ml.infrastructure.docker_client import docker_client
 
+        engine = None
+        if docker_host:
+            from prefect_docker.host import DockerHost
+
+            engine = DockerHost(base_url=docker_host, timeout=30)
         try:
-            client = docker_client(who="prefect-ml gc", timeout=30)
+            client = docker_client(engine, who="prefect-ml gc", timeout=30)
         except PrefectMLError as exc:
             notes.append(f"containers/images skipped: {exc}")
         else:
@@ -196,6 +202,8 @@ def gc(
     older_than: float = typer.Option(24.0, "--older-than", min=0, help="Hours: only attempts, staging folders, "
         "ownerless containers and uploads older than this."),
     only: list[str] = typer.Option([], "--only", help=f"Only these kinds (repeatable): {', '.join(KINDS)}."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine for containers and "
+        "images, e.g. tcp://gpu-box:2376 or a block's docker_host (default: DOCKER_HOST or the local socket)."),
 ) -> None:
     """Remove leftovers of killed or old runs: orphaned step containers, unpublished attempts, old staging
     folders, outdated environment images, open S3 multipart uploads. A dry run unless --yes."""
@@ -205,7 +213,7 @@ def gc(
     if unknown:
         fail(f"unknown kind(s) {unknown}; use {', '.join(KINDS)}")
     notes: list[str] = []
-    found = collect(set(only or KINDS), older_than, notes)
+    found = collect(set(only or KINDS), older_than, notes, docker_host)
     removed = failed = 0
     for g in found:
         if not yes:

@@ -277,3 +277,38 @@ def test_gpu_block_on_a_remote_engine_without_nvidia_runtime_names_that_engine(r
     assert f"the Docker engine at {REMOTE} has no NVIDIA container runtime" in msg and "docs/gpu.md" in msg
     assert "GPU or driver" not in msg and "\n" not in msg
     assert not ours(remote_client, **{"prefect-ml.step": name})
+
+
+def test_gc_on_a_remote_engine_removes_only_its_orphans(remote_client, docker_client, ml_home, monkeypatch, tmp_path):
+    """`prefect-ml gc --docker-host URL` looks at that engine, not this machine's."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from prefect_ml.cli import app
+    from prefect_ml.infrastructure.container import MANAGED_LABEL, OWNER_LABEL, _start_time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    image = os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner = f"{os.uname().nodename}:{ended.pid}:{_start_time(ended.pid)}"
+    ended.wait()
+    step = f"remote_gc_{uuid.uuid4().hex[:6]}"
+    labels = {MANAGED_LABEL: "true", OWNER_LABEL: dead_owner, "prefect-ml.step": step}
+    orphan = remote_client.containers.run(image, ["sleep", "300"], detach=True, network_mode="none", labels=labels)
+    try:
+        runner = CliRunner()
+        here = runner.invoke(app, ["gc", "--only", "containers"])
+        assert here.exit_code == 0, here.output
+        assert orphan.short_id not in here.output  # the local engine's gc does not see the other engine
+        there = runner.invoke(app, ["gc", "--only", "containers", "--docker-host", REMOTE, "--yes"])
+        assert there.exit_code == 0, there.output
+        assert f"removed container {orphan.short_id}" in there.output
+        assert not remote_client.containers.list(all=True, filters={"label": f"prefect-ml.step={step}"})
+    finally:
+        try:
+            orphan.remove(force=True)
+        except Exception:
+            pass
