@@ -7,7 +7,7 @@ set -uo pipefail
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 cd "$(dirname "$SELF")/.."
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}"
-ONLY="${ONLY:-warm_rerun orchestration parallelism data_passing staging environment reuse container memory first_run}"
+ONLY="${ONLY:-warm_rerun orchestration parallelism data_passing staging environment reuse container memory first_run dask}"
 status=0
 if [[ " $* " == *" --quick "* ]] && [ -z "${PREFECT_ML_BENCH_API_URL:-}" ]; then
     # a smoke test: one Prefect server for every script instead of a temporary API each (~16 s apiece);
