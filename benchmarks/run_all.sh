@@ -7,7 +7,10 @@ set -uo pipefail
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 cd "$(dirname "$SELF")/.."
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v python3 )}"
-ONLY="${ONLY:-warm_rerun orchestration parallelism data_passing staging environment reuse container memory first_run dask}"
+ALL="warm_rerun orchestration parallelism data_passing staging environment reuse container memory first_run"
+# bench_dask starts its own cluster, moto and MLflow (~1.5 min even with --quick): full runs only, or ONLY=dask
+[[ " $* " == *" --quick "* ]] || ALL="$ALL dask"
+ONLY="${ONLY:-$ALL}"
 status=0
 if [[ " $* " == *" --quick "* ]] && [ -z "${PREFECT_ML_BENCH_API_URL:-}" ]; then
     # a smoke test: one Prefect server for every script instead of a temporary API each (~16 s apiece);
