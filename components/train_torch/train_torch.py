@@ -17,10 +17,13 @@ Device: `--device auto` uses CUDA when torch sees a GPU, else the CPU; `--device
 exits with status 2 and one line saying why.
 
 Distributed (DistributedDataParallel): under `torchrun` (WORLD_SIZE > 1) every process joins a
-process group (nccl on CUDA, gloo on CPU; rank r uses GPU LOCAL_RANK), trains on rows r, r+W, ...
-of the train split, and DDP averages the gradients; the loss is scaled so that a full-batch step is
-the same step as one process on all rows. Only rank 0 saves the model, prints the summary and logs
-to MLflow. WORLD_SIZE unset or 1: one plain process.
+process group (nccl on CUDA, gloo on CPU), trains on rows r, r+W, ... of the train split, and DDP
+averages the gradients. GPU: each rank takes the GPU of its index among the ranks on its host (RANK
+when MASTER_ADDR is a loopback address, i.e. every rank runs on this host, as prefect-ml's process
+infrastructure launches all M instances here; else LOCAL_RANK); more ranks on the host than GPUs
+exits with status 2 and one line (nccl cannot share a GPU between ranks). The loss is scaled so
+that a full-batch step is the same step as one process on all rows. Only rank 0 saves the model,
+prints the summary and logs to MLflow. WORLD_SIZE unset or 1: one plain process.
 
 MLflow: prefect-ml gives the step `MLFLOW_TRACKING_URI` and its run's id in `MLFLOW_RUN_ID`; rank 0
 adds tags `train_torch.*` (device, device name, torch and CUDA versions, world size) and metrics
@@ -67,14 +70,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # --- device and process group -------------------------------------------------------------------------
 
-def resolve_device(requested: str, local_rank: int = 0):
-    """torch.device for `--device`: auto = CUDA when available; cuda without CUDA raises DeviceUnavailable."""
+def resolve_device(requested: str, host_index: int = 0, ranks_on_host: int = 1):
+    """torch.device for `--device`: auto = CUDA when available; cuda without CUDA raises DeviceUnavailable.
+
+    `host_index` / `ranks_on_host`: this process's index among the ranks on its host and their number
+    (`host_ranks()`). With CUDA each rank gets its own GPU, `cuda:<host_index>`; more ranks on the host
+    than GPUs raises DeviceUnavailable (nccl refuses two ranks on one GPU: "Duplicate GPU detected").
+    """
     import torch
 
     if requested == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        count = torch.cuda.device_count()
+        if ranks_on_host > count:
+            raise DeviceUnavailable(
+                f"--device {requested}: {ranks_on_host} ranks run on this host but torch sees {count} GPU(s); nccl "
+                "needs one GPU per rank: run at most "
+                f"{count} process(es) on this host (fewer process_count_per_instance / instance_count), "
+                "or use --device cpu (gloo)")
+        return torch.device("cuda", host_index)
     if requested == "cuda":
         why = ("this torch is a CPU-only build" if torch.version.cuda is None
                else f"torch is built for CUDA {torch.version.cuda} but sees no GPU (no NVIDIA driver, "
@@ -120,6 +135,28 @@ def dist_env() -> tuple[int, int, int]:
     if world <= 1:
         return 0, 0, 1
     return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+LOOPBACK_NAMES = ("localhost", "::1", "ip6-localhost")
+
+
+def host_ranks() -> tuple[int, int]:
+    """(this process's index among the ranks on its host, the number of ranks on its host).
+
+    torchrun's LOCAL_RANK / LOCAL_WORLD_SIZE count the ranks of one launcher instance. That is the
+    host's count when each instance has a host to itself (Azure ML: one instance per node), but
+    prefect-ml's process infrastructure starts all M instances on one host, where LOCAL_RANK repeats
+    (0, 1, 0, 1 for 2 x 2) and two ranks would pick the same GPU. A rendezvous on a loopback
+    MASTER_ADDR means every rank runs on this host (prefect-ml always uses 127.0.0.1): then the index
+    is RANK and the count WORLD_SIZE. (0, 1) for a plain process.
+    """
+    rank, local_rank, world = dist_env()
+    if world <= 1:
+        return 0, 1
+    master = os.environ.get("MASTER_ADDR", "").strip().lower()
+    if master.startswith("127.") or master in LOOPBACK_NAMES:
+        return rank, world
+    return local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or local_rank + 1
 
 
 # --- data and model ------------------------------------------------------------------------------------
@@ -318,9 +355,9 @@ def log_to_mlflow(tags: dict[str, str], metrics: dict[str, float], curve: list[f
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rank, local_rank, world = dist_env()
+    rank, _, world = dist_env()
     try:
-        device = resolve_device(args.device, local_rank)
+        device = resolve_device(args.device, *host_ranks())
     except DeviceUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_DEVICE

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from prefect_ml._compat import block_document_name
 from prefect_ml.infrastructure.base import StepInfrastructure, StepJob, StepOutcome
-from prefect_ml.infrastructure.container import ContainerOptions, check_gpus, run_container
+from prefect_ml.infrastructure.container import GPU_DOCS, ContainerOptions, check_gpus, run_container
 from prefect_ml.infrastructure.docker_client import docker_client, engine_address, engine_is_local, engine_transfer
 
 GpuRequest = int | str | list[str] | None
@@ -246,7 +246,12 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
         return f"infrastructure block '{name}' ({type(self).__name__})" if name else f"{type(self).__name__}"
 
     def _client(self):
-        return docker_client(self.docker_host, who=self._block_label())
+        hint = ""
+        if parse_gpus(self.gpus) is not None:  # a GPU VM without Docker is common: say what runs there
+            hint = (f"This block requests GPUs (gpus={self.gpus!r}): a GPU machine without Docker can run the GPU "
+                    f"deployment with the `process` infrastructure instead (see {GPU_DOCS}, \"A GPU host without "
+                    "Docker\").")
+        return docker_client(self.docker_host, who=self._block_label(), hint=hint)
 
     def _image(self, job: StepJob, client, log: Callable[[str], None]) -> str:
         from prefect_ml import environments

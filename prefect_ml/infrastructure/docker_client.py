@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
-def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: float | None = None) -> Any:
+def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: float | None = None,
+                  hint: str = "") -> Any:
     """A docker-py client that answered a ping; the caller closes it.
 
     Args:
@@ -32,6 +33,8 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
         who: what needs the engine, named first in the error (e.g. "infrastructure block 'cpu' (...)").
         timeout: seconds for each API call of a client made from the environment (docker-py's default
             when None).
+        hint: a sentence appended to the unreachable-engine message (e.g. what a GPU block can do
+            without Docker); the message stays one line.
 
     Raises:
         InfrastructureError: the engine does not answer; the message names where it was looked for.
@@ -61,6 +64,7 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
         raise InfrastructureError(
             f"{who}: cannot reach the Docker engine at {where} ({short_error(exc)}). Start the engine "
             "(e.g. `dockerd`), check permissions on its socket, or point docker_host / DOCKER_HOST at a running one."
+            + (f" {hint}" if hint else "")
         ) from None
 
 

@@ -298,6 +298,9 @@ def test_deployments_exist_with_schedule_and_parameter_schema(deploy_stack: Stac
     pools = {cpu["work_pool_name"], gpu["work_pool_name"]}
     assert pools == {"ml-cpu", "ml-gpu"}, pools
     assert gpu["parameters"]["train_infrastructure"] == "gpu"
+    # the gpu deployment trains the PyTorch model on the GPU (a missing GPU fails it, never a CPU fallback)
+    assert gpu["parameters"]["trainer"] == "torch" and gpu["parameters"]["device"] == "cuda", gpu["parameters"]
+    assert "trainer" not in cpu["parameters"]  # credit-default/cpu keeps the scikit-learn default
     # the pull step holds the checkout's path, recorded by the build step at deploy time
     (pull,) = cpu["pull_steps"]
     directory = pull["prefect.deployments.steps.set_working_directory"]["directory"]

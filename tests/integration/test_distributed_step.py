@@ -134,8 +134,6 @@ def test_a_torchrun_killed_hard_takes_its_workers_and_the_other_instance_with_it
 
 
 def test_train_torch_two_by_two_matches_a_single_process(home, tmp_path):
-    if not TRAIN_TORCH.is_file():
-        pytest.skip("components/train_torch is not in this checkout yet (another change adds it)")
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -150,11 +148,14 @@ def test_train_torch_two_by_two_matches_a_single_process(home, tmp_path):
     train_ddp = replace(train, distribution=Distribution(process_count_per_instance=2, instance_count=2))
     args = {"train_data": str(data), "epochs": 30, "hidden": 8, "layers": 1, "device": "cpu"}
 
-    @pipeline(infrastructure="process", cache=False)  # the cache key does not include the distribution
+    # caching on: the distribution is part of the step's cache key, so the 2 x 2 step with the same
+    # inputs is a step of its own, not a cache hit of the single process's
+    @pipeline(infrastructure="process")
     def single_and_ddp():
         return {"single": train(**args).outputs.model, "ddp": train_ddp(**args).outputs.model}
 
     out = single_and_ddp()
+    assert local(out["ddp"]) != local(out["single"])  # two keys, two published models
     import mlflow.sklearn
 
     models = {k: mlflow.sklearn.load_model(str(local(v))) for k, v in out.items()}
@@ -166,6 +167,8 @@ def test_train_torch_two_by_two_matches_a_single_process(home, tmp_path):
     p_ddp = models["ddp"].predict_proba(frame)[:, 1]
     # full batch: DDP's averaged gradient is the single process's gradient (up to float summation order)
     assert np.max(np.abs(p_single - p_ddp)) < 1e-3
+    # the loss all ranks agree on (all_reduce'd) is the single process's
+    assert models["ddp"].named_steps["mlp"].loss_ == pytest.approx(models["single"].named_steps["mlp"].loss_, rel=1e-3)
     assert sorted(p.name for p in local(out["ddp"]).iterdir()) == sorted(p.name for p in local(out["single"]).iterdir())
 
 

@@ -5,7 +5,11 @@
   the timing metrics;
 - `device=cuda` on a machine without CUDA fails the train step with one clear line;
 - the training script under torchrun (2 processes, gloo) takes the same steps as the single process
-  of the pipeline run: same final loss and predictions within a tolerance; only rank 0 writes.
+  of the pipeline run: same final loss and predictions within a tolerance; only rank 0 writes;
+- the train step's `train_torch:` lines (device, epochs/s, training seconds) reach its task run's
+  log in the Prefect API;
+- scripts/gpu-check.sh on this machine (the CPU path without a GPU), with a tiny epoch count: it
+  prints the device, the timings and the registered model.
 
 The three share one prefect-ml home (module fixture): the pipeline runs once, the `cuda` run reuses its
 data_prep step, and the torchrun comparison trains on the pipeline's own train split. One torch thread
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
@@ -32,6 +38,7 @@ sys.path.insert(0, str(REPO / "flows"))
 from credit_default import credit_default
 
 SCRIPT = REPO / "components" / "train_torch" / "train_torch.py"
+GPU_CHECK = REPO / "scripts" / "gpu-check.sh"
 EPOCHS = 40
 MODEL = "credit_torch"
 TARGET = "default payment next month"
@@ -108,6 +115,30 @@ def test_torch_trainer_is_scored_by_evaluate_and_registered(torch_run):
     assert len(scores) == len(test)
 
 
+def test_train_torch_figures_reach_the_task_runs_log(torch_run):
+    """What train_torch prints goes to the step's task-run log in the Prefect API (the UI's log tab):
+    the device, epochs/s and the training seconds, the same figures as on its MLflow run."""
+    state, _ = torch_run
+    train = step_run(state, "train_torch")
+    messages = task_run_log(state, "train_torch", ["train_torch summary: ", "train_torch: logged "])
+    text = "\n".join(messages)
+    first = next((m for m in messages if m.startswith("train_torch: ") and " rows x " in m), None)
+    assert first and re.search(r"; device cpu \(.+\); torch .+, CUDA .+; world size 1$", first), text[-3000:]
+    timing = next((m for m in messages if re.match(rf"train_torch: {EPOCHS} epochs in [\d.]+ s \([\d.]+ epochs/s\) "
+                                                  r"on cpu; final train loss [\d.]+$", m)), None)
+    assert timing, text[-3000:]
+    summary = json.loads(next(m for m in messages if m.startswith("train_torch summary: "))
+                         .removeprefix("train_torch summary: "))
+    assert summary["device"] == "cpu" and summary["epochs"] == EPOCHS and summary["world_size"] == "1"
+    assert summary["device_name"] == train.data.tags["train_torch.device_name"]
+    # the log's figures are the MLflow run's (the same numbers, rounded the same way)
+    assert summary["train_seconds"] > 0 and summary["epochs_per_second"] > 0
+    assert summary["train_seconds"] == pytest.approx(train.data.metrics["train_seconds"])
+    assert summary["epochs_per_second"] == pytest.approx(train.data.metrics["epochs_per_second"])
+    assert any(m.startswith("train_torch: logged ") and m.endswith(f"to MLflow run {train.info.run_id}")
+               for m in messages), text[-3000:]
+
+
 def test_device_cuda_without_cuda_fails_the_step_with_one_line(torch_run):
     state = credit_default(trainer="torch", epochs=EPOCHS, device="cuda", min_auc=0.6,
                            registered_model_name=MODEL, return_state=True)
@@ -162,7 +193,60 @@ def test_torchrun_two_gloo_processes_match_the_single_process_step(torch_run, tm
     assert roc_auc_score(y, p2) == pytest.approx(roc_auc_score(y, p1), abs=1e-3)
 
 
+def test_gpu_check_script_runs_the_cpu_path_and_prints_device_timings_and_model(torch_home, tmp_path):
+    """scripts/gpu-check.sh end to end with 3 epochs on a 2,000-row sample, against the session's
+    Prefect API (no temporary server of its own). Without a GPU: the CPU path only; with one: both."""
+    from prefect.settings import get_current_settings
+
+    from prefect_ml.samples import credit_default_sample
+
+    data = credit_default_sample(tmp_path / "credit.csv", rows=2000)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_ML_HOME")}
+    env.update(PYTHON=sys.executable, TMPDIR=str(tmp_path), PREFECT_API_URL=str(get_current_settings().api.url))
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(GPU_CHECK), "--data", str(data), "--epochs", "3", "--min-auc", "0"],
+                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    lines = proc.stdout.splitlines()
+    gpu = "gpu-check: no GPU: CPU path only" not in proc.stdout
+    assert f"gpu-check: data {data}; 3 epochs (full batch)" in proc.stdout
+    i = next(n for n, ln in enumerate(lines) if ln.startswith("gpu-check: results (3 epochs, process infrastructure"))
+    head, *rows = lines[i + 1:i + 2 + (2 if gpu else 1)]
+    assert head.split() == ["device", "device", "name", "torch", "CUDA", "train", "s", "epochs/s", "AUC",
+                            "pipeline", "s", "registered", "model"]
+    cpu_row = rows[-1]
+    assert cpu_row.startswith("cpu ") and f" {version('torch')} " in cpu_row, out[-4000:]
+    numbers = re.search(r" (\d+\.\d{2})  +(\d+\.\d)  +(\d\.\d{4})  +(\d+\.\d)  +credit_gpu_check version "
+                        r"(\d) \(models:/credit_gpu_check@candidate\)$", cpu_row)
+    assert numbers, cpu_row
+    train_s, eps, auc, pipeline_s, model_version = numbers.groups()
+    assert float(train_s) > 0 and float(eps) > 0 and 0 < float(auc) <= 1 and float(pipeline_s) > float(train_s)
+    assert model_version == ("2" if gpu else "1")
+    (result_json,) = tmp_path.glob("gpu-check.*/gpu-check.json")
+    results = json.loads(result_json.read_text())
+    assert [r["device"] for r in results] == (["cuda:0", "cpu"] if gpu else ["cpu"])
+    print(f"gpu-check.sh took {time.monotonic() - started:.1f} s")
+
+
 # --- helpers ------------------------------------------------------------------------------------------
+
+def task_run_log(state, step: str, wanted: list[str], within: float = 30.0) -> list[str]:
+    """The messages of step `step`'s task run in the Prefect API, once a message starts with each of
+    `wanted` (logs reach the API through Prefect's background log worker) or after `within` s."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    run = next(r for r in task_runs(state, names=[step]) if r.name == step)
+    deadline = time.monotonic() + within
+    while True:
+        with get_client(sync_client=True) as c:
+            logs = c.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[run.id])))
+        messages = [log.message for log in logs]
+        if all(any(m.startswith(w) for m in messages) for w in wanted) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
+
 
 def _inputs(out) -> dict:
     """The evaluate step's resolved inputs (its completion marker)."""

@@ -20,6 +20,28 @@ def test_unreachable_engine_is_a_message_not_a_traceback(tmp_path):
     msg = str(err.value)
     assert "cannot reach the Docker engine at unix://" in msg and "no-engine.sock" in msg and "Start the engine" in msg
     assert "Traceback" not in msg and err.value.__cause__ is None
+    assert "process" not in msg and "docs/gpu.md" not in msg  # a CPU block: no GPU hint
+
+
+def test_unreachable_engine_for_a_gpu_block_points_at_the_process_infrastructure(tmp_path):
+    """A GPU VM without Docker running the unchanged gpu deployment: the message also says that the
+    `process` infrastructure runs it there (docs/gpu.md), in the same one line."""
+    from prefect_docker import DockerHost
+
+    from prefect_ml.errors import InfrastructureError
+    from prefect_ml.infrastructure.base import StepJob
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+
+    infra = DockerStepInfrastructure(gpus="all", docker_host=DockerHost(base_url=f"unix://{tmp_path}/no-engine.sock"))
+    for call in (lambda: infra.run(StepJob("s", "true", tmp_path, {}, {}, {}), lambda line: None),
+                 lambda: infra.environment_identity("pytorch-gpu", tmp_path)):  # the cache key asks first
+        with pytest.raises(InfrastructureError) as err:
+            call()
+        msg = str(err.value)
+        assert "cannot reach the Docker engine at unix://" in msg and "Start the engine" in msg
+        assert "requests GPUs (gpus='all')" in msg and "without Docker" in msg
+        assert "`process` infrastructure" in msg and 'docs/gpu.md, "A GPU host without Docker"' in msg
+        assert "\n" not in msg and err.value.__cause__ is None
 
 
 @pytest.mark.parametrize("gpus", ["lots", 0, -1, True, "0,x"])
