@@ -10,7 +10,8 @@ time, to the name of a local environment (`environments/<name>/environment.yaml`
     AzureML-sklearn-1.0-ubuntu20.04-py38-cpu@latest
                                                   through the alias map (below)
     {image: ..., conda_file: ...}                 an inline environment: written once under
-                                                  <PREFECT_ML_HOME>/environments/inline/
+    {build: {path: ./ctx, dockerfile_path: ...}}  <PREFECT_ML_HOME>/environments/inline/ (a `build:`
+                                                  one names its context: see `spec.py`)
 
 The alias map is `environments/aliases.yaml` in any environments dir that is searched (see
 `spec.search_dirs`); it maps an Azure name to a local environment name:
@@ -149,23 +150,23 @@ def _missing_alias(ref: str, start: Path | None) -> EnvironmentSpecError:
 
 
 def materialize_inline(raw: Mapping[str, Any], base_dir: Path) -> str:
-    """Write an inline Azure environment (`image:` + optional `conda_file:`) as a local environment
-    dir named by its content hash, and return that name. `build:` (a Dockerfile) is refused."""
-    from prefect_ml.environments.spec import SPEC_FILE, add_generated_dir
+    """Write an inline Azure environment as a local environment dir and return its name.
 
+    `image:` (+ optional `conda_file:`): named by its content. `build: {path, dockerfile_path}` (a Docker
+    build context, relative to `base_dir`): named by where the context is; its content is in the spec
+    hash (`Environment.spec_hash`), so an edited Dockerfile gives a new image tag, not a new name. As in
+    Azure, `build` excludes `image` and `conda_file`.
+    """
     unknown = sorted(set(raw) - INLINE_KEYS)
     if unknown:
         raise EnvironmentSpecError(f"inline environment: unknown key(s) {unknown}; allowed: {sorted(INLINE_KEYS)}.")
     if "build" in raw:
-        raise EnvironmentSpecError(
-            "inline environment: 'build' (an image built from a Dockerfile) is not built by prefect-ml; build it "
-            "yourself (`docker build -t my-image <path>`) and write `image: my-image`, or describe it as "
-            "environments/<name>/environment.yaml (base_image, requirements, apt) and name that."
-        )
+        return _write_inline(raw, _inline_build(raw, base_dir))
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         raise EnvironmentSpecError("inline environment: give 'image:' (a Docker image), optionally with "
-                                   "'conda_file:'; or name an environment in environments/.")
+                                   "'conda_file:', or 'build: {path: <folder with a Dockerfile>}'; or name an "
+                                   "environment in environments/.")
     conda_text: str | None = None
     conda = raw.get("conda_file")
     if isinstance(conda, Mapping):
@@ -178,7 +179,71 @@ def materialize_inline(raw: Mapping[str, Any], base_dir: Path) -> str:
             raise EnvironmentSpecError(f"inline environment: conda_file {str(conda)!r} does not exist ({conda_path}); "
                                        "create it or fix the path (relative to the YAML file).")
         conda_text = conda_path.read_text()
-    digest = hashlib.sha256(json.dumps([image, conda_text], sort_keys=True).encode()).hexdigest()[:12]
+    spec: dict[str, Any] = {"base_image": image.strip(), "description": f"inline environment ({image})"}
+    files = {"conda.yaml": conda_text} if conda_text is not None else {}
+    if conda_text is not None:
+        spec["conda"] = "conda.yaml"
+    return _write_inline(raw, spec, files, digest_of=[image, conda_text])
+
+
+def _inline_build(raw: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The spec of an inline `build:` environment (its context checked: a folder with the Dockerfile)."""
+    from prefect_ml.environments.spec import BUILD_KEYS, DEFAULT_DOCKERFILE, context_digest, dockerfile_base
+
+    for other, fix in (("image", "keep 'build' to build the Dockerfile, or 'image' to use an image as it is"),
+                       ("conda_file", "install the conda packages with RUN in the Dockerfile, or use 'image' + "
+                                      "'conda_file'")):
+        if raw.get(other) is not None:
+            raise EnvironmentSpecError(f"inline environment: 'build' and '{other}' cannot both be given (in Azure ML "
+                                       f"too): {fix}.")
+    build = raw["build"]
+    if not isinstance(build, Mapping):
+        raise EnvironmentSpecError("inline environment: 'build' must be a mapping `{path: <folder with a "
+                                   f"Dockerfile>, dockerfile_path: Dockerfile}}`, got {build!r}.")
+    unknown = sorted(set(build) - BUILD_KEYS)
+    if unknown:
+        raise EnvironmentSpecError(f"inline environment: unknown key(s) {unknown} in 'build'; allowed: "
+                                   f"{sorted(BUILD_KEYS)}.")
+    path = build.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise EnvironmentSpecError("inline environment: 'build' needs 'path', the folder of the Docker build "
+                                   f"context (relative to the YAML file), got {path!r}.")
+    if "://" in path or path.startswith("git@"):
+        raise EnvironmentSpecError(f"inline environment: build path {path!r} is not a local folder; only a local "
+                                   "build context is built here (clone it and point build.path at the folder).")
+    context = (base_dir / Path(path).expanduser()).resolve()
+    if not context.is_dir():
+        raise EnvironmentSpecError(f"inline environment: build path {path!r} is not a folder ({context}); create the "
+                                   "build context there or fix the path (relative to the YAML file).")
+    dockerfile = build.get("dockerfile_path", DEFAULT_DOCKERFILE)
+    if not isinstance(dockerfile, str) or not dockerfile.strip() or Path(dockerfile).is_absolute():
+        raise EnvironmentSpecError("inline environment: build.dockerfile_path must be a file name relative to the "
+                                   f"build context, got {dockerfile!r}.")
+    file = (context / dockerfile).resolve()
+    if not file.is_relative_to(context):
+        raise EnvironmentSpecError(f"inline environment: build.dockerfile_path {dockerfile!r} is outside the build "
+                                   f"context {context}; keep the Dockerfile in it.")
+    if not file.is_file():
+        raise EnvironmentSpecError(f"inline environment: the Dockerfile {dockerfile!r} does not exist in the build "
+                                   f"context ({context / dockerfile}); create it or fix build.dockerfile_path.")
+    try:  # now, in the YAML's terms: a FROM prefect-ml cannot use, a link out of the context, a context too big
+        dockerfile_base(file)
+        context_digest(context, who="inline environment")
+    except EnvironmentSpecError as exc:
+        raise EnvironmentSpecError(str(exc) if str(exc).startswith("inline environment") else
+                                   f"inline environment: {exc}") from None
+    return {"build": {"path": str(context), "dockerfile_path": dockerfile},
+            "description": f"inline environment (Dockerfile {context / dockerfile})"}
+
+
+def _write_inline(raw: Mapping[str, Any], spec: dict[str, Any], files: Mapping[str, str] | None = None,
+                  digest_of: Any = None) -> str:
+    """Write `spec` (+ `files`) as `<PREFECT_ML_HOME>/environments/inline/inline-<label>-<digest>/` once;
+    the digest is over `digest_of` (default: the spec). Returns the environment's name."""
+    from prefect_ml.environments.spec import SPEC_FILE, add_generated_dir
+
+    content = spec if digest_of is None else digest_of
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
     label = re.sub(r"[^a-z0-9_.-]+", "-", str(raw.get("name") or "env").lower()).strip("-.")[:40] or "env"
     name = f"inline-{label}-{digest}"
     root = get_settings().home_path / "environments" / "inline"
@@ -187,12 +252,10 @@ def materialize_inline(raw: Mapping[str, Any], base_dir: Path) -> str:
         tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        spec = {"name": name, "version": str(raw.get("version") or "1"), "base_image": image.strip(),
-                "description": f"inline environment ({image})"}
-        if conda_text is not None:
-            (tmp / "conda.yaml").write_text(conda_text)
-            spec["conda"] = "conda.yaml"
-        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        for fname, text in (files or {}).items():
+            (tmp / fname).write_text(text)
+        (tmp / SPEC_FILE).write_text(json.dumps({"name": name, "version": str(raw.get("version") or "1"), **spec},
+                                                indent=2) + "\n")
         try:
             tmp.rename(directory)
         except OSError:

@@ -10,6 +10,13 @@ context (never into the repository) and used by pip and apt through `PIP_CERT` d
 PREFECT_ML_BUILD_CA_BUNDLE=none turns this off. The bundle is build plumbing, not content: it is not
 part of the hash.
 
+A `build:` environment (a Dockerfile and its build context, Azure ML's `build:`) is built as it is:
+its context and Dockerfile go to the engine unchanged (network mode host, no pull, no build
+arguments, no CA bundle added), and the result is the environment's image; prefect-ml layers nothing
+on it. Its base image (for the hash and the pull policy) is the image its final stage starts FROM,
+and its spec hash covers every file of the context, so the same rule holds: an unchanged context
+reuses the tag, a changed Dockerfile or context file builds a new one.
+
 docker-py is imported inside the functions, so importing this module costs nothing without Docker.
 Every function that talks to the engine takes a docker-py client: the caller makes it (with
 `prefect_ml.infrastructure.docker_client`, a layer above this one) and closes it.
@@ -142,9 +149,16 @@ def install_script(installer: str | None = None) -> str:
                              cleanup=_UV_CLEANUP if uv else "")
 
 
+# a Dockerfile environment's recipe is the user's Dockerfile, which the spec hash covers; this names how
+# it is handed to the engine (change it when that changes, so that every such image is rebuilt)
+DOCKERFILE_RECIPE = "user Dockerfile as-is: docker build --network host, no pull, no build args\n"
+
+
 def image_hash(env: Environment, base_image_id: str) -> str:
     """The content hash of the environment's image: spec hash + base image id + how the image is built."""
     base = env.resolved_base_image()
+    if env.dockerfile_path is not None:
+        return image_content_hash(env.spec_hash(), base, base_image_id, DOCKERFILE_RECIPE)
     recipe = dockerfile(env, base, with_ca=False) + install_script()
     return image_content_hash(env.spec_hash(), base, base_image_id, recipe)
 
@@ -182,7 +196,8 @@ def base_image_id(client, image: str, pull_policy: str = "if_not_present", crede
         raise EnvironmentSpecError(
             f"{who}: image {image!r} does not exist locally and the pull policy is 'never'. Build it locally "
             f"(`prefect-ml env base-image --name {image}` makes a Debian base image without a registry), "
-            "set PREFECT_ML_BASE_IMAGE / the environment's base_image to an image you have, or allow pulling."
+            "set PREFECT_ML_BASE_IMAGE / the environment's base_image (or its Dockerfile's FROM) to an image you "
+            "have, or allow pulling."
         )
     if log:
         log(f"pulling {image} ...")
@@ -271,15 +286,21 @@ def _image_exists(client, tag: str) -> bool:
 
 def _build(client, env: Environment, base: str, tag: str, base_id: str, log: Log) -> None:
     started = time.monotonic()
-    log(f"building image {tag} for environment '{env.name}' (version {env.version}) on {base} ...")
+    user_dockerfile = env.dockerfile_path
+    what = f" from {user_dockerfile}" if user_dockerfile is not None else ""
+    log(f"building image {tag} for environment '{env.name}' (version {env.version}) on {base}{what} ...")
+    labels = {"prefect-ml.environment": env.name, "prefect-ml.environment-version": env.version,
+              "prefect-ml.environment-hash": image_hash(env, base_id), "prefect-ml.base-image": base}
     tail: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prefect-ml-build-") as tmp:
-        ctx = Path(tmp)
-        _build_context(env, base, ctx)
+        if env.build_context is not None:  # the user's context and Dockerfile, as they are
+            path, docker_file = env.build_context, env.dockerfile
+        else:
+            path, docker_file = Path(tmp), None
+            _build_context(env, base, path)
         stream = client.api.build(
-            path=str(ctx), tag=tag, rm=True, forcerm=True, pull=False, network_mode="host", decode=True,
-            labels={"prefect-ml.environment": env.name, "prefect-ml.environment-version": env.version,
-                    "prefect-ml.environment-hash": image_hash(env, base_id), "prefect-ml.base-image": base},
+            path=str(path), dockerfile=docker_file, tag=tag, rm=True, forcerm=True, pull=False,
+            network_mode="host", decode=True, labels=labels,
         )
         error = None
         for chunk in stream:
@@ -293,10 +314,21 @@ def _build(client, env: Environment, base: str, tag: str, base_id: str, log: Log
                     log(line)
     if error or not _image_exists(client, tag):
         last = "\n".join(tail[-15:])
+        fix = (f"Fix the Dockerfile {user_dockerfile} at the step named above; its FROM must be a local image (no "
+               "pulls), and a RUN that downloads needs the network (builds use network mode host)"
+               if user_dockerfile is not None else
+               "Fix the requirements (or apt packages) named above; behind a TLS-inspecting proxy set "
+               "PREFECT_ML_BUILD_CA_BUNDLE to its CA bundle")
         raise EnvironmentSpecError(
             f"building environment '{env.name}' ({env.spec_file}) failed: {error or 'no image was produced'}\n"
-            f"last build lines:\n{last}\nFix the requirements (or apt packages) named above; behind a TLS-inspecting "
-            "proxy set PREFECT_ML_BUILD_CA_BUNDLE to its CA bundle."
+            f"last build lines:\n{last}\n{fix}."
+        )
+    if user_dockerfile is not None and image_tag(env, base_id) != tag:
+        # the context changed while it was being built: the tag would name content it was not built from
+        client.images.remove(tag, force=True)
+        raise EnvironmentSpecError(
+            f"environment '{env.name}': the build context {env.build_context} changed while its image was being "
+            "built; run again (the image is built from what the context holds then)."
         )
     log(f"built {tag} in {time.monotonic() - started:.1f} s")
 

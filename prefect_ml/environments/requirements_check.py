@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
-from prefect_ml.environments.spec import Environment, load_environment
+from prefect_ml.environments.spec import Environment, load_environment, refuse_on_process
 from prefect_ml.errors import EnvironmentSpecError
 
 
@@ -73,8 +73,10 @@ def unmet(lines: list[str]) -> list[str]:
 
 def check_interpreter(environment: str, start: Path | None = None) -> None:
     """Raise `EnvironmentSpecError` before a process step starts if the running interpreter lacks
-    packages that environment `environment` requires."""
+    packages that environment `environment` requires, or if it is a `build:` (Dockerfile) environment,
+    which a process step cannot honour."""
     env = load_environment(environment, start=start)
+    refuse_on_process(env)
     missing = unmet(requirement_lines(env))
     if missing:
         raise EnvironmentSpecError(

@@ -10,8 +10,15 @@ An environment is a named, versioned runtime (Azure ML's Environment, SageMaker'
     apt: [libgomp1]              # optional Debian packages (apt-get install in the image)
     gpu: false                   # true: steps need a GPU (the infrastructure block must request one)
 
+or, an image built from a Dockerfile (Azure ML's `build:`; it is the whole image, so it excludes
+`base_image`, `requirements`, `conda` and `apt`; the build context is relative to the environment dir):
+
+    name: custom
+    build: {path: docker-context, dockerfile_path: Dockerfile}   # dockerfile_path: in the context
+
 Content hash. `Environment.spec_hash` is sha256 over the parsed spec and every file in the
-environment's dir (so `-r other.txt` includes are covered). It is the same on every infrastructure.
+environment's dir (so `-r other.txt` includes are covered), and for a `build:` environment every file
+of the build context (`context_digest`). It is the same on every infrastructure.
 The image's hash adds the base image's id and the build recipe (`image_content_hash`, called by
 `prefect_ml.environments.image`); the venv's key adds the host interpreter (`...environments.venv`).
 
@@ -37,7 +44,15 @@ SPEC_FILE = "environment.yaml"
 ENV_DIRS_VAR = "PREFECT_ML_ENVIRONMENTS_DIR"  # the setting `environments_dir`, named in messages
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 HASH_VERSION = "1"
-SPEC_KEYS = {"name", "version", "description", "base_image", "requirements", "conda", "apt", "gpu"}
+SPEC_KEYS = {"name", "version", "description", "base_image", "requirements", "conda", "apt", "gpu", "build"}
+BUILD_KEYS = {"path", "dockerfile_path"}
+DEFAULT_DOCKERFILE = "Dockerfile"
+# what a Dockerfile environment's image is made of, beyond base_image: the whole image is the user's
+EXCLUSIVE_WITH_BUILD = ("base_image", "requirements", "conda", "apt")
+# A build context is like a code dir: these bounds stop `path: /` (or a data folder) from hashing a disk.
+MAX_CONTEXT_FILES = 20_000
+MAX_CONTEXT_BYTES = 512 * 2**20
+CONTEXT_SKIP_DIRS = {".git", "__pycache__"}
 # An environment's name becomes a Docker image repository, so it follows Docker's rule (lowercase),
 # not the general `prefect_ml._util.NAME_PATTERN`.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -60,21 +75,37 @@ class Environment:
     gpu: bool = False
     description: str = ""
     conda_pip: tuple[str, ...] = field(default=(), compare=False)  # pip part of the conda file
+    build_context: Path | None = None  # `build:`: the Docker build context (absolute); the image is its Dockerfile's
+    dockerfile: str | None = None  # `build:`: the Dockerfile, relative to `build_context`
 
     @property
     def spec_file(self) -> Path:
         return self.directory / SPEC_FILE
 
+    @property
+    def dockerfile_path(self) -> Path | None:
+        """The Dockerfile of a `build:` environment (None for the others)."""
+        if self.build_context is None:
+            return None
+        return self.build_context / (self.dockerfile or DEFAULT_DOCKERFILE)
+
     def resolved_base_image(self) -> str:
+        """The image the environment's image is built on: `base_image` or the setting; for a `build:`
+        environment, the image its Dockerfile's final stage starts FROM (read now: the file may change)."""
+        if self.dockerfile_path is not None:
+            return dockerfile_base(self.dockerfile_path)
         return self.base_image or base_image_setting()
 
     def spec_hash(self) -> str:
         """sha256 over the spec and the files of the environment dir (not the base image id)."""
         h = hashlib.sha256()
-        spec = {
+        spec: dict[str, object] = {
             "v": HASH_VERSION, "name": self.name, "version": self.version, "base_image": self.base_image,
             "requirements": self.requirements, "conda": self.conda, "apt": list(self.apt), "gpu": self.gpu,
         }
+        if self.build_context is not None:  # only then: the hashes of other environments stay as they were
+            spec["build"] = {"dockerfile_path": self.dockerfile,
+                             "context": context_digest(self.build_context, who=f"environment '{self.name}'")}
         h.update(json.dumps(spec, sort_keys=True).encode())
         for path in env_files(self.directory):
             h.update(b"\0" + str(path.relative_to(self.directory)).encode() + b"\0" + path.read_bytes())
@@ -116,6 +147,150 @@ def env_files(directory: Path) -> list[Path]:
             if n not in SKIP_FILES and not n.endswith((".pyc", ".pyo")):
                 files.append(Path(root) / n)
     return files
+
+
+def context_digest(context: Path, *, who: str = "environment") -> str:
+    """sha256 over every file's relative path and bytes in a Docker build context (`.git` and bytecode
+    caches left out), bounded like a code dir.
+
+    A symlink that stays inside the context is followed; one that leads out of it is an error (Docker
+    sends the link, not what it points at, so the image would not be what was hashed). Special files
+    (FIFOs, devices, sockets) are refused instead of read, so hashing never blocks.
+    """
+    import stat
+
+    context = Path(context)
+    if not context.is_dir():
+        raise EnvironmentSpecError(f"{who}: the build context {context} is not a folder (any more); create it or fix "
+                                   "build.path.")
+    root = context.resolve()
+    h = hashlib.sha256()
+    seen: set[Path] = set()
+    n_files = n_bytes = 0
+
+    def rel(p: Path) -> str:
+        return str(p.relative_to(context))
+
+    def outside(p: Path, target: Path) -> EnvironmentSpecError:
+        return EnvironmentSpecError(
+            f"{who}: {rel(p)!r} in the build context {context} links to {str(target)!r}, outside the context; "
+            "copy it into the context (Docker sends the link, not what it points at)."
+        )
+
+    for dirpath, dirs, names in os.walk(context, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if not real.is_relative_to(root):
+            raise outside(here, real)
+        if real in seen:  # a link loop or a second link to the same folder: hash it once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if d not in CONTEXT_SKIP_DIRS)
+        for name in sorted(names):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            p = here / name
+            target = p.resolve()
+            if not target.is_relative_to(root):
+                raise outside(p, target)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:  # a dangling link: nothing a build could read
+                h.update(f"{rel(p)}\0<dangling>\0".encode())
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise EnvironmentSpecError(f"{who}: {rel(p)!r} in the build context {context} is not a regular file "
+                                           "(a FIFO, socket or device); remove it from the context.")
+            n_files += 1
+            n_bytes += st.st_size
+            if n_files > MAX_CONTEXT_FILES or n_bytes > MAX_CONTEXT_BYTES:
+                raise EnvironmentSpecError(
+                    f"{who}: the build context {context} holds more than {MAX_CONTEXT_FILES} files or "
+                    f"{MAX_CONTEXT_BYTES // 2**20} MiB; point build.path at a folder with the Dockerfile and what it "
+                    "COPYs, not at a data or home folder."
+                )
+            h.update(rel(p).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+_ARG_REF = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+
+
+def dockerfile_base(dockerfile: Path) -> str:
+    """The image a Dockerfile's final stage starts FROM (following `FROM <earlier stage>`), with `ARG`
+    defaults declared before the first FROM substituted. prefect-ml passes no build arguments, so a
+    FROM that still names one, a file without FROM and `FROM scratch` (no Python) are errors."""
+    try:
+        text = dockerfile.read_text(errors="replace")
+    except OSError as exc:
+        raise EnvironmentSpecError(f"Dockerfile {dockerfile} cannot be read ({exc.strerror}); create it or fix "
+                                   "build.dockerfile_path.") from None
+    escape = "\\"
+    for raw in text.splitlines():  # parser directives come first
+        m = re.match(r"^#\s*escape\s*=\s*(\S)\s*$", raw.strip())
+        if m:
+            escape = m.group(1)
+        elif not re.match(r"^#\s*\w+\s*=", raw.strip()):
+            break
+    instructions: list[tuple[int, str]] = []
+    buf, first = "", 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not buf:
+            first = n
+        if line.endswith(escape):
+            buf += line[: -len(escape)] + " "
+            continue
+        instructions.append((first, buf + line))
+        buf = ""
+    if buf:
+        instructions.append((first, buf))
+    args: dict[str, str] = {}
+    stages: dict[str, str] = {}
+    final: tuple[int, str] | None = None
+    for n, ins in instructions:
+        word, rest = [*ins.split(None, 1), ""][:2]
+        if word.upper() == "ARG" and final is None:
+            for token in rest.split():
+                key, eq, default = token.partition("=")
+                if eq:
+                    args[key] = default.strip("\"'")
+        elif word.upper() == "FROM":
+            tokens = [t for t in rest.split() if not t.startswith("--")]
+            if not tokens:
+                raise EnvironmentSpecError(f"{dockerfile} line {n}: FROM names no image; write FROM <image>.")
+            image = _ARG_REF.sub(lambda m: args.get(m.group(1) or m.group(3), m.group(2) or m.group(0)), tokens[0])
+            if "$" in image:
+                raise EnvironmentSpecError(
+                    f"{dockerfile} line {n}: FROM {tokens[0]} uses a build argument without a default, and prefect-ml "
+                    "passes none; write the image name, or give the ARG a default before the first FROM."
+                )
+            root = stages.get(image.lower(), image)
+            if len(tokens) >= 3 and tokens[1].lower() == "as":
+                stages[tokens[2].lower()] = root
+            final = (n, root)
+    if final is None:
+        raise EnvironmentSpecError(f"{dockerfile}: no FROM line; start the Dockerfile FROM a local image with Python "
+                                   "(e.g. FROM prefect-ml/base:bookworm).")
+    if final[1].lower() == "scratch":
+        raise EnvironmentSpecError(f"{dockerfile} line {final[0]}: the image is FROM scratch, which has no Python to "
+                                   "run a step with; start FROM an image with Python (e.g. prefect-ml/base:bookworm).")
+    return final[1]
+
+
+def refuse_on_process(env: Environment) -> None:
+    """Raise for a `build:` (Dockerfile) environment: a process step runs on this machine's Python and
+    cannot honour a Dockerfile. Called before a process step starts (venv or interpreter check)."""
+    if env.dockerfile_path is not None:
+        raise EnvironmentSpecError(
+            f"environment '{env.name}' ({env.spec_file}) is an image built from the Dockerfile {env.dockerfile_path}, "
+            "which process infrastructure cannot run a step in: run the step on Docker infrastructure "
+            "(infrastructure='docker' or a Docker infrastructure block), or give it an environment with "
+            "`requirements` (or `conda`) instead."
+        )
 
 
 # --- finding and loading specs --------------------------------------------------------------------
@@ -243,10 +418,82 @@ def parse_spec(spec_file: Path) -> Environment:
     conda_pip: tuple[str, ...] = ()
     if conda:
         conda_pip = tuple(conda_pip_requirements(directory / conda))
+    context, dockerfile = _build_key(raw, spec_file, where) if "build" in raw else (None, None)
     return Environment(
         name=name, version=str(version), directory=directory, base_image=base_image, requirements=requirements,
         conda=conda, apt=tuple(apt), gpu=gpu, description=str(raw.get("description") or ""), conda_pip=conda_pip,
+        build_context=context, dockerfile=dockerfile,
     )
+
+
+def _key_line(spec_file: Path, *keys: str) -> str:
+    """' line N' of the deepest of `keys` (a key path) found in a YAML mapping file, else ''."""
+    import yaml
+
+    try:
+        node = yaml.compose(spec_file.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return ""
+    found = ""
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if str(k.value) == key), None)
+        if match is None:
+            break
+        found, node = f" line {match[0].start_mark.line + 1}", match[1]
+    return found
+
+
+def _build_key(raw: dict, spec_file: Path, where: str) -> tuple[Path, str]:
+    """Validate `build: {path, dockerfile_path}`: (the build context, absolute; the Dockerfile in it)."""
+    directory = spec_file.parent
+
+    def error(message: str, *keys: str) -> EnvironmentSpecError:
+        return EnvironmentSpecError(f"{where}{_key_line(spec_file, 'build', *keys)}: key 'build': {message}")
+
+    build = raw["build"]
+    if not isinstance(build, dict):
+        raise error(f"must be a mapping `{{path: <folder with a Dockerfile>, dockerfile_path: Dockerfile}}`, got "
+                    f"{build!r}.")
+    both = [k for k in EXCLUSIVE_WITH_BUILD if raw.get(k) not in (None, [], "")]
+    if both:
+        raise EnvironmentSpecError(
+            f"{where}{_key_line(spec_file, both[0])}: keys 'build' and '{both[0]}' cannot be combined: the Dockerfile "
+            f"is the whole image (its FROM is the base image; install packages with RUN in it); drop '{both[0]}' or "
+            "drop 'build'."
+        )
+    unknown = sorted(set(build) - BUILD_KEYS)
+    if unknown:
+        raise error(f"unknown key(s) {unknown}; allowed: {sorted(BUILD_KEYS)}.", unknown[0])
+    path = build.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise error(f"'path' must be the folder of the Docker build context (relative to {directory}), got {path!r}.",
+                    "path")
+    if "://" in path or path.startswith("git@"):
+        raise error(f"path {path!r} is not a local folder; only a local build context is built here (clone it and "
+                    "point build.path at the folder).", "path")
+    context = (directory / Path(path).expanduser()).resolve()
+    if not context.is_dir():
+        raise error(f"path {path!r} is not a folder ({context}); create the build context there or fix build.path.",
+                    "path")
+    dockerfile = build.get("dockerfile_path", DEFAULT_DOCKERFILE)
+    if not isinstance(dockerfile, str) or not dockerfile.strip() or Path(dockerfile).is_absolute():
+        raise error(f"'dockerfile_path' must be a file name relative to the build context, got {dockerfile!r}.",
+                    "dockerfile_path")
+    file = (context / dockerfile).resolve()
+    if not file.is_relative_to(context):
+        raise error(f"dockerfile_path {dockerfile!r} is outside the build context {context}; keep the Dockerfile "
+                    "in it.", "dockerfile_path")
+    if not file.is_file():
+        raise error(f"the Dockerfile {dockerfile!r} does not exist in the build context ({file}); create it or fix "
+                    "build.dockerfile_path.", "dockerfile_path" if "dockerfile_path" in build else "path")
+    try:  # at load: a FROM prefect-ml cannot use, a link out of the context, a context too big
+        dockerfile_base(file)
+        context_digest(context, who=f"environment '{directory.name}'")
+    except EnvironmentSpecError as exc:
+        raise error(str(exc)) from None
+    return context, dockerfile
 
 
 def _file_key(raw: dict, key: str, directory: Path, where: str) -> str | None:

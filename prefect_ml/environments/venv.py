@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect_ml._util import atomic_write_text
 from prefect_ml.environments.image import Log, build_lock
-from prefect_ml.environments.spec import Environment, load_environment
+from prefect_ml.environments.spec import Environment, load_environment, refuse_on_process
 from prefect_ml.errors import EnvironmentSpecError
 from prefect_ml.settings import get_settings
 
@@ -37,9 +37,11 @@ def ensure_venv(name_or_env: str | Environment, *, start: Path | None = None, lo
     The venv layers on the running interpreter: it sees the packages of the interpreter running the
     pipeline (a `.pth` file, so this works from inside a venv too, unlike --system-site-packages)
     and pip-installs the environment's requirements into itself; requirements the running
-    interpreter already satisfies cost nothing. apt packages and `base_image` do not apply to a venv.
+    interpreter already satisfies cost nothing. apt packages and `base_image` do not apply to a venv;
+    a `build:` (Dockerfile) environment has no venv: it raises `EnvironmentSpecError` saying what to use.
     """
     env = name_or_env if isinstance(name_or_env, Environment) else load_environment(name_or_env, start=start)
+    refuse_on_process(env)
     log = log or (lambda line: None)
     root = venv_path(env)
     marker = root / COMPLETE_MARKER

@@ -1,5 +1,6 @@
 """Environment images against the real Docker engine: a build, then the same build as a cache hit; a
-missing base image with pull policy `never` (specs, hashes, venvs and the CLI: tests/unit/test_environments.py)."""
+missing base image with pull policy `never`; an Azure `build:` (Dockerfile) environment built, reused
+and rebuilt, with a step run in it (specs, hashes, venvs and the CLI: tests/unit/test_environments.py)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,69 @@ def test_missing_base_image_with_pull_policy_never(envs, docker_client):
         ensure_image(load_environment("nobase"), docker_client, pull_policy="never")
 
 
+
+
+def test_dockerfile_environment_builds_runs_a_step_is_reused_and_rebuilds_on_change(envs, docker_client, tmp_path):
+    """An Azure component with `environment: {build: {path: ./docker}}`: the Dockerfile (FROM the local base
+    image) is built through the Docker infrastructure and the step runs in it; a second run finds the tag
+    and builds nothing; an edited Dockerfile gives a new tag and a rebuild."""
+    from prefect_ml import load_component
+    from prefect_ml.environments import image_for
+    from prefect_ml.infrastructure.base import StepJob
+    from prefect_ml.infrastructure.docker import DockerStepInfrastructure
+    from tests.integration.conftest import ours
+
+    base = os.environ["PREFECT_ML_BASE_IMAGE"]
+    token = uuid.uuid4().hex[:8]  # a unique context: the first build is a real one
+    comp = tmp_path / "comp"
+    (comp / "docker").mkdir(parents=True)
+    (comp / "src").mkdir()
+    (comp / "docker" / "marker.txt").write_text(f"from-the-context-{token}\n")
+    dockerfile = comp / "docker" / "Dockerfile"
+    dockerfile.write_text(f"FROM {base}\nCOPY marker.txt /opt/marker.txt\nENV DOCKERFILE_STAGE=first\n")
+    (comp / "src" / "show.py").write_text(
+        "import os\nprint('marker', open('/opt/marker.txt').read().strip(), os.environ['DOCKERFILE_STAGE'])\n")
+    for d in (tmp_path, comp, comp / "src"):
+        d.chmod(0o755)  # the code dir: containers run as a non-root user, who must be able to read it
+    (comp / "component.yml").write_text(
+        "name: show\ntype: command\ncode: ./src\nenvironment:\n  build: {path: ./docker}\ncommand: python3 show.py\n")
+    component = load_component(comp / "component.yml")
+    assert component.environment.startswith("inline-env-")
+    label = f"dockerfile-{token}"
+    block = DockerStepInfrastructure(pull_policy="never")
+    tags: list[str] = []
+
+    def run() -> tuple[list[str], str]:
+        tag = image_for(component.environment, docker_client)
+        assert tag is not None
+        tags.append(tag)
+        job = StepJob("show", component.command, component.code, {}, {}, {}, labels={"prefect-ml.step": label},
+                      environment=component.environment)
+        lines: list[str] = []
+        outcome = block.run(job, lines.append)
+        assert outcome.exit_code == 0, lines
+        return lines, tag
+
+    try:
+        lines, first = run()
+        assert any(line.startswith("building image") and "from" in line and "Dockerfile" in line for line in lines)
+        assert f"marker from-the-context-{token} first" in lines  # the Dockerfile's COPY and ENV took effect
+        assert docker_client.images.get(first).labels["prefect-ml.environment"] == component.environment
+
+        lines, again = run()  # unchanged context: the same tag, nothing built
+        assert again == first
+        assert not any(line.startswith(("building image", "Step ")) for line in lines), lines
+        assert f"marker from-the-context-{token} first" in lines
+
+        dockerfile.write_text(f"FROM {base}\nCOPY marker.txt /opt/marker.txt\nENV DOCKERFILE_STAGE=second\n")
+        lines, changed = run()  # an edited Dockerfile: a new tag, built
+        assert changed != first
+        assert any(line.startswith("building image") for line in lines)
+        assert f"marker from-the-context-{token} second" in lines
+    finally:
+        for tag in set(tags):
+            try:
+                docker_client.images.remove(tag, force=True)
+            except Exception:
+                pass  # never built (the test failed before)
+    assert not ours(docker_client, **{"prefect-ml.step": label})

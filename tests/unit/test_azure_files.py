@@ -224,7 +224,13 @@ def test_environment_problems_fail_at_load(tmp_path):
     assert load_component(component_with_env(root / "components", "azureml:local-py@latest")).environment == "local-py"
 
 
-def test_dockerfile_build_is_refused_with_what_to_use(tmp_path):
+def test_dockerfile_build_is_accepted_as_an_inline_environment(tmp_path, home):
+    """`build: {path: ./docker}` (Azure's Docker build context) resolves to a generated environment that
+    builds that Dockerfile; the same context is the same environment, its content is in the hash."""
+    from prefect_ml.environments import load_environment
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nENV STAGE=docker\n")
     p = write(tmp_path, """
         name: c
         type: command
@@ -232,8 +238,16 @@ def test_dockerfile_build_is_refused_with_what_to_use(tmp_path):
           build: {path: ./docker}
         command: python -c pass
     """)
-    with pytest.raises(ComponentError, match=r"'build'.*docker build -t my-image.*image: my-image"):
-        load_component(p)
+    name = load_component(p).environment
+    assert name.startswith("inline-env-")
+    env = load_environment(name)
+    assert env.build_context == (tmp_path / "docker").resolve() and env.dockerfile == "Dockerfile"
+    assert env.resolved_base_image() == "prefect-ml/base:bookworm"
+    assert (home / "environments" / "inline" / name / "environment.yaml").is_file()
+    assert load_component(p).environment == name  # the same context: the same environment
+    before = env.spec_hash()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nENV STAGE=changed\n")
+    assert load_component(p).environment == name and load_environment(name).spec_hash() != before
 
 
 def test_requirements_check_names_missing_packages_and_the_ways_out(tmp_path):
@@ -350,3 +364,90 @@ def test_sdk_spellings():
     assert definition_of(p).options.infrastructure == "cpu" and p.description == "Azure spelling"
     with pytest.raises(TypeError, match="not both"):
         pipeline(lambda: None, infrastructure="gpu", default_compute="cpu")
+
+
+def test_dockerfile_build_with_dockerfile_path_in_a_pipeline_job(tmp_path):
+    from prefect_ml.environments import load_environment
+
+    (tmp_path / "ctx" / "docker").mkdir(parents=True)
+    (tmp_path / "ctx" / "docker" / "train.Dockerfile").write_text("FROM prefect-ml/base:bookworm\n")
+    p = write(tmp_path, """
+        $schema: https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json
+        type: pipeline
+        jobs:
+          hello:
+            type: command
+            command: python -c pass
+            environment:
+              name: trainer
+              build:
+                path: ./ctx
+                dockerfile_path: docker/train.Dockerfile
+    """)
+    name = load_pipeline(p).jobs["hello"].component.environment
+    assert name.startswith("inline-trainer-")
+    env = load_environment(name)
+    assert env.dockerfile_path == (tmp_path / "ctx" / "docker" / "train.Dockerfile").resolve()
+
+
+def test_dockerfile_build_problems_fail_at_load_with_file_line_and_what_to_use(tmp_path):
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\n")
+    (tmp_path / "conda.yml").write_text("dependencies: [python=3.11]\n")
+    cases = [
+        ("{build: {path: ./docker}, image: python:3.11-slim}",
+         r"'build' and 'image' cannot both be given \(in Azure ML too\): keep 'build' to build the Dockerfile, or "
+         r"'image' to use an image as it is\.$"),
+        ("{build: {path: ./docker}, conda_file: ./conda.yml}",
+         r"'build' and 'conda_file' cannot both be given \(in Azure ML too\): install the conda packages with RUN "
+         r"in the Dockerfile"),
+        ("{build: {path: ./nope}}", r"build path './nope' is not a folder \(.*nope\); create the build context there"),
+        ("{build: {path: ./docker, dockerfile_path: gpu.Dockerfile}}",
+         r"the Dockerfile 'gpu.Dockerfile' does not exist in the build context \(.*docker/gpu.Dockerfile\); create "
+         r"it or fix build.dockerfile_path\.$"),
+        ("{build: {path: ./docker, target: x}}", r"unknown key\(s\) \['target'\] in 'build'"),
+        ("{build: ./docker}", r"'build' must be a mapping"),
+    ]
+    for env, message in cases:
+        p = write(tmp_path, f"""
+            name: c
+            type: command
+            environment: {env}
+            command: python -c pass
+        """, "component.yml")
+        with pytest.raises(ComponentError, match=r"component 'c' \(.*component.yml\) line 3: key 'environment': "
+                                                 r"inline environment: " + message) as err:
+            load_component(p)
+        assert "\n" not in str(err.value)
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM scratch\n")
+    p = write(tmp_path, "name: c\ntype: command\nenvironment: {build: {path: ./docker}}\ncommand: python -c pass\n")
+    with pytest.raises(ComponentError, match=r"line 3: key 'environment': inline environment: .*docker/Dockerfile "
+                                             r"line 1: the image is FROM scratch, which has no Python"):
+        load_component(p)
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nCOPY secret.txt /\n")
+    (tmp_path / "docker" / "secret.txt").symlink_to(tmp_path / "conda.yml")
+    with pytest.raises(ComponentError, match=r"line 3: key 'environment': inline environment: 'secret.txt' in the "
+                                             r"build context .*docker links to .*conda.yml', outside the context"):
+        load_component(p)
+
+
+def test_dockerfile_build_on_process_infrastructure_is_refused_before_the_step_starts(tmp_path):
+    from prefect_ml.infrastructure.base import StepJob
+    from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\n")
+    p = write(tmp_path, f"""
+        name: c
+        type: command
+        environment:
+          build: {{path: ./docker}}
+        command: touch {tmp_path / "ran"}
+    """)
+    component = load_component(p)
+    job = StepJob("c", component.command, tmp_path, {}, {}, {}, environment=component.environment)
+    with pytest.raises(EnvironmentSpecError, match=r"is an image built from the Dockerfile .*docker/Dockerfile, which "
+                                                   r"process infrastructure cannot run a step in: run the step on "
+                                                   r"Docker infrastructure"):
+        ProcessStepInfrastructure().run(job, lambda line: None)
+    assert not (tmp_path / "ran").exists()

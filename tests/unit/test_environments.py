@@ -187,3 +187,178 @@ def test_env_build_without_an_engine_is_one_line(monkeypatch, ml_home, tmp_path)
     assert "prefect-ml env: cannot reach the Docker engine at unix://" in res.output
     assert "Start the engine" in res.output
     assert "Traceback" not in res.output
+
+
+# --- `build:` environments: a Dockerfile and its build context ----------------------------------------
+
+
+def dockerfile_env(envs, name: str, dockerfile: str = "FROM prefect-ml/base:bookworm\nCOPY hello.txt /hello.txt\n",
+                   build: str = "{path: ctx}", extra: str = ""):
+    """environments/<name>/ with `build:` and a build context ctx/ (Dockerfile + hello.txt); returns the dir."""
+    d = make_env(envs, name, f"name: {name}\nbuild: {build}\n{extra}")
+    (d / "ctx").mkdir()
+    (d / "ctx" / "Dockerfile").write_text(dockerfile)
+    (d / "ctx" / "hello.txt").write_text("hello\n")
+    return d
+
+
+def test_dockerfile_environment_hash_follows_every_file_of_the_context(envs):
+    from prefect_ml.environments import image_tag, load_environment
+
+    d = dockerfile_env(envs, "dock")
+    env = load_environment("dock")
+    assert env.build_context == (d / "ctx").resolve() and env.dockerfile == "Dockerfile"
+    assert env.dockerfile_path == (d / "ctx" / "Dockerfile").resolve()
+    assert env.resolved_base_image() == "prefect-ml/base:bookworm"  # its FROM, not the setting
+    first = env.spec_hash()
+    assert load_environment("dock").spec_hash() == first  # unchanged context: the same hash, the same image
+    tag = image_tag(env, "sha256:aaa")
+    assert tag.startswith("prefect-ml/dock:") and tag != image_tag(env, "sha256:bbb")  # its FROM's id counts too
+
+    (d / "ctx" / "hello.txt").write_text("changed\n")  # a context file
+    assert env.spec_hash() != first and image_tag(env, "sha256:aaa") != tag
+    (d / "ctx" / "hello.txt").write_text("hello\n")
+    assert env.spec_hash() == first  # content, not times
+    (d / "ctx" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nENV X=1\n")  # the Dockerfile
+    assert env.spec_hash() != first
+    (d / "ctx" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nCOPY hello.txt /hello.txt\n")
+    (d / "ctx" / "sub").mkdir()
+    (d / "ctx" / "sub" / ".hidden").write_text("x")  # dotfiles count (Docker sends them)
+    assert env.spec_hash() != first
+    (d / "ctx" / "sub" / ".hidden").unlink()
+    (d / "ctx" / ".git").mkdir()
+    (d / "ctx" / ".git" / "HEAD").write_text("ref")  # .git does not
+    assert env.spec_hash() == first
+
+
+def test_dockerfile_environment_with_dockerfile_path_and_the_env_dir_as_context(envs):
+    from prefect_ml.environments import load_environment
+
+    d = make_env(envs, "here", "name: here\ngpu: true\nbuild:\n  path: .\n  dockerfile_path: docker/train.Dockerfile\n")
+    (d / "docker").mkdir()
+    (d / "docker" / "train.Dockerfile").write_text("ARG BASE=prefect-ml/base:bookworm\nFROM ${BASE}\n")
+    env = load_environment("here")
+    assert env.gpu and env.build_context == d.resolve() and env.dockerfile == "docker/train.Dockerfile"
+    assert env.resolved_base_image() == "prefect-ml/base:bookworm"
+
+
+def test_dockerfile_base_follows_stages_arg_defaults_and_continuations(tmp_path):
+    from prefect_ml.environments.spec import dockerfile_base
+    from prefect_ml.errors import EnvironmentSpecError
+
+    f = tmp_path / "Dockerfile"
+    f.write_text("# syntax=docker/dockerfile:1\nARG PY=3.11\nFROM --platform=linux/amd64 python:${PY}-slim AS build\n"
+                 "RUN echo a \\\n    && echo b\nFROM build AS final\nFROM \\\n  final\nENV X=1\n")
+    assert dockerfile_base(f) == "python:3.11-slim"  # the final stage's root, through two stage names
+    f.write_text("from prefect-ml/base:bookworm as b\nfrom other:1\n")
+    assert dockerfile_base(f) == "other:1"
+    for text, message in [
+        ("RUN true\n", r"Dockerfile: no FROM line; start the Dockerfile FROM a local image"),
+        ("ARG BASE\nFROM $BASE\n", r"Dockerfile line 2: FROM \$BASE uses a build argument without a default"),
+        ("FROM prefect-ml/base:bookworm AS b\nFROM scratch\nCOPY --from=b / /\n",
+         r"Dockerfile line 2: the image is FROM scratch, which has no Python"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(EnvironmentSpecError, match=message):
+            dockerfile_base(f)
+
+
+def test_dockerfile_environment_problems_fail_at_load_naming_file_and_line(envs, tmp_path):
+    from prefect_ml.environments import load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    cases = [
+        ("both", "{path: ctx}", "requirements: requirements.txt\n",
+         r"both/environment.yaml line 3: keys 'build' and 'requirements' cannot be combined: the Dockerfile is the "
+         r"whole image .*drop 'requirements' or drop 'build'\.$"),
+        ("withbase", "{path: ctx}", "base_image: python:3.11-slim\n",
+         r"withbase/environment.yaml line 3: keys 'build' and 'base_image' cannot be combined"),
+        ("nodir", "{path: missing}", "",
+         r"nodir/environment.yaml line 2: key 'build': path 'missing' is not a folder \(.*missing\); create the build "
+         r"context there or fix build.path\.$"),
+        ("nofile", "\n  path: ctx\n  dockerfile_path: gpu.Dockerfile", "",
+         r"nofile/environment.yaml line 4: key 'build': the Dockerfile 'gpu.Dockerfile' does not exist in the build "
+         r"context \(.*ctx/gpu.Dockerfile\); create it or fix build.dockerfile_path\.$"),
+        ("outside", "{path: ctx, dockerfile_path: ../../Dockerfile}", "",
+         r"line 2: key 'build': dockerfile_path '../../Dockerfile' is outside the build context"),
+        ("typo", "{path: ctx, dockerfile: Dockerfile}", "",
+         r"typo/environment.yaml line 2: key 'build': unknown key\(s\) \['dockerfile'\]; allowed: "
+         r"\['dockerfile_path', 'path'\]"),
+        ("string", "ctx", "", r"line 2: key 'build': must be a mapping `\{path: <folder with a Dockerfile>"),
+        ("remote", "{path: 'https://github.com/x/y.git'}", "", r"path 'https://github.com/x/y.git' is not a local "
+                                                                r"folder"),
+    ]
+    for name, build, extra, message in cases:
+        d = dockerfile_env(envs, name, build=build, extra=extra)
+        (d / "requirements.txt").write_text("six\n")
+        with pytest.raises(EnvironmentSpecError, match=message) as err:
+            load_environment(name)
+        assert "\n" not in str(err.value)  # one line
+
+    d = dockerfile_env(envs, "badfrom", dockerfile="ARG B\nFROM ${B}\n")
+    with pytest.raises(EnvironmentSpecError, match=r"badfrom/environment.yaml line 2: key 'build': .*ctx/Dockerfile "
+                                                   r"line 2: FROM \$\{B\} uses a build argument without a default"):
+        load_environment("badfrom")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    d = dockerfile_env(envs, "leaky")
+    (d / "ctx" / "link.txt").symlink_to(secret)
+    with pytest.raises(EnvironmentSpecError, match=r"leaky/environment.yaml line 2: key 'build': .*'link.txt' in the "
+                                                   r"build context .* links to .*secret.txt', outside the context; "
+                                                   r"copy it into the context"):
+        load_environment("leaky")
+    d = dockerfile_env(envs, "inlink")
+    (d / "ctx" / "alias.txt").symlink_to(d / "ctx" / "hello.txt")  # inside the context: fine
+    assert load_environment("inlink").spec_hash()
+
+
+def test_dockerfile_context_is_bounded(envs, monkeypatch):
+    from prefect_ml.environments import load_environment, spec
+    from prefect_ml.errors import EnvironmentSpecError
+
+    monkeypatch.setattr(spec, "MAX_CONTEXT_FILES", 1)
+    dockerfile_env(envs, "big")  # Dockerfile + hello.txt: two files
+    with pytest.raises(EnvironmentSpecError, match=r"the build context .*ctx holds more than 1 files or 512 MiB; point "
+                                                   r"build.path at a folder with the Dockerfile"):
+        load_environment("big")
+
+
+def test_dockerfile_environment_is_refused_on_process_infrastructure(envs, tmp_path):
+    from prefect_ml.environments import ensure_venv
+    from prefect_ml.environments.requirements_check import check_interpreter
+    from prefect_ml.errors import EnvironmentSpecError
+    from prefect_ml.infrastructure.base import StepJob
+    from prefect_ml.infrastructure.process import ProcessStepInfrastructure
+
+    dockerfile_env(envs, "dockonly")
+    message = (r"environment 'dockonly' \(.*environment.yaml\) is an image built from the Dockerfile .*ctx/Dockerfile, "
+               r"which process infrastructure cannot run a step in: run the step on Docker infrastructure .*or give it "
+               r"an environment with `requirements`")
+    with pytest.raises(EnvironmentSpecError, match=message):
+        ensure_venv("dockonly")
+    with pytest.raises(EnvironmentSpecError, match=message):
+        check_interpreter("dockonly")
+    marker = tmp_path / "ran"
+    job = StepJob("d", f"touch {marker}", tmp_path, {}, {}, {}, environment="dockonly")
+    for block in (ProcessStepInfrastructure(), ProcessStepInfrastructure(use_environment_venv=True)):
+        with pytest.raises(EnvironmentSpecError, match=message):
+            block.run(job, lambda line: None)
+    assert not marker.exists()  # refused before the step started
+
+
+def test_environments_without_build_keep_their_hash(envs):
+    """Adding `build:` changed nothing for the other environments: their spec hash (and so their image
+    tags and the steps cached with them) is what it was."""
+    import hashlib
+    import json
+
+    from prefect_ml.environments import load_environment
+
+    d = make_env(envs, "plain", "name: plain\nrequirements: requirements.txt\napt: [libgomp1]\n",
+                 {"requirements.txt": "six\n"})
+    h = hashlib.sha256(json.dumps({"v": "1", "name": "plain", "version": "1", "base_image": None,
+                                   "requirements": "requirements.txt", "conda": None, "apt": ["libgomp1"],
+                                   "gpu": False}, sort_keys=True).encode())
+    for f in ("environment.yaml", "requirements.txt"):
+        h.update(b"\0" + f.encode() + b"\0" + (d / f).read_bytes())
+    assert load_environment("plain").spec_hash() == h.hexdigest()
