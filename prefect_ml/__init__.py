@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_component": "prefect_ml.dsl.component",
     "component": "prefect_ml.dsl.function",
     "load_function_component": "prefect_ml.dsl.function",
+    "load_pipeline_yaml": "prefect_ml.dsl.azure_pipeline",
     "FunctionComponent": "prefect_ml.dsl.function",
     "sweep": "prefect_ml.dsl.sweep",
     "fail": "prefect_ml.dsl.fail",
@@ -52,6 +53,7 @@ __all__ = [
     "gate",
     "load_component",
     "load_function_component",
+    "load_pipeline_yaml",
     "pipeline",
     "register_model",
     "sweep",
@@ -59,6 +61,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from prefect_ml.assets import data_asset
+    from prefect_ml.dsl.azure_pipeline import load_pipeline_yaml
     from prefect_ml.dsl.component import Component, Input, Output, command, load_component
     from prefect_ml.dsl.fail import fail
     from prefect_ml.dsl.function import FunctionComponent, component, load_function_component

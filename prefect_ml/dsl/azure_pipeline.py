@@ -9,7 +9,8 @@ What each key means here (docs/azure.md has the table):
   outputs             the flow's return value: {name: URI} of the step outputs bound to them
   settings            default_compute -> infrastructure, default_environment -> environment of
                       components that name none, force_rerun -> cache off, continue_on_step_failure
-                      (either value: independent steps run on; the pipeline fails if a step failed)
+                      (Azure's default false: no step starts after the first failure, steps already
+                      running finish; true: independent steps run on; either way the run fails)
   jobs.<j>            `type: command`; `component:` is `file:./x.yml`, `azureml:NAME[:VERSION|@latest]`
                       (found as components/<NAME>/component.yaml) or an inline component; or the
                       job itself has `command`/`code`/`environment`
@@ -18,14 +19,13 @@ What each key means here (docs/azure.md has the table):
   environment_variables, compute (-> infrastructure), limits.timeout (-> timeout), environment
   distribution + resources.instance_count   torchrun launch (docs/distributed-training.md)
 Keys with no meaning here (`services`, `identity`, output `mode`, ...) are accepted with one logged
-warning each. Everything else is checked when the file is loaded: errors name the file and line.
+warning each, per file. Everything else is checked when the file is loaded: errors name the file and line.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +35,10 @@ from prefect_ml._util import load_yaml_file, safe_load_yaml
 from prefect_ml.dsl.component import (
     IDENTIFIER,
     INPUT_MODES,
+    NO_MEANING,
+    OUTPUT_MODES,
+    REFUSED_RESOURCE,
+    REFUSED_RESOURCES,
     Component,
     Input,
     _check_mode,
@@ -43,6 +47,8 @@ from prefect_ml.dsl.component import (
     load_component,
     resolve_environment,
 )
+from prefect_ml.dsl.component import _warned as _warned  # (file, key) pairs warned about; tests clear it
+from prefect_ml.dsl.component import warn_once as _warn_once
 from prefect_ml.errors import ComponentError
 
 log = logging.getLogger(__name__)
@@ -54,31 +60,13 @@ SETTINGS_KEYS = {"default_compute", "default_environment", "continue_on_step_fai
 JOB_KEYS = {"type", "component", "inputs", "outputs", "environment_variables", "compute", "limits", "name",
             "display_name", "description", "tags", "environment", "code", "command", "services", "identity",
             "resources", "distribution", "properties", "experiment_name"}
-# accepted, with one logged warning each: Azure services and identities do not exist here
-NO_MEANING = {
-    "services": "Azure job services (Jupyter, SSH, TensorBoard) do not exist here",
-    "identity": "steps run with this machine's credentials (the storage credential chains), not an Azure identity",
-    "properties": "Azure job properties are not recorded",
-    "settings.default_datastore": "outputs go to the artifact root (PREFECT_ML_ARTIFACT_ROOT)",
-    "outputs.mode": "outputs are always written locally and published after the step (Azure's upload)",
-    "resources.instance_type": "the infrastructure block decides the machine (compute)",
-    "resources.shm_size": "set shm_size on the Docker infrastructure block",
-}
 REF = re.compile(r"\$\{\{\s*parent\.(inputs|outputs|jobs)\.([^\s}]+)\s*\}\}")
 TYPE_HINTS = {"string": str, "integer": int, "number": float, "boolean": bool}
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
 
-
-def warn_once(key: str, where: str) -> None:
-    """One logged warning per key with no meaning here, per process."""
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    log.warning("%s: accepted but ignored (no meaning in prefect-ml: %s). This warning is shown once.", where,
-                NO_MEANING[key])
+def warn_once(key: str, where: str, source: Path | None = None) -> None:
+    """One logged warning per key with no meaning here (NO_MEANING, shared with component YAML), per file."""
+    _warn_once(key, where, source=source, logger=log)
 
 
 # --- positions ----------------------------------------------------------------------------------------
@@ -162,12 +150,14 @@ class AzurePipeline:
     infrastructure: str | None = None
     cache: bool = True
     experiment: str | None = None
+    continue_on_step_failure: bool = False  # Azure's default for a pipeline job
 
     def to_flow(self, **flow_kwargs: Any) -> Any:
         from prefect_ml.dsl.pipeline import pipeline
 
         func = _make_function(self)
-        kwargs = {"description": self.description} if self.description else {}
+        kwargs: dict[str, Any] = {"description": self.description} if self.description else {}
+        kwargs["continue_on_step_failure"] = self.continue_on_step_failure
         kwargs.update(flow_kwargs)
         return pipeline(func, name=self.name, infrastructure=self.infrastructure, cache=self.cache,
                         experiment=self.experiment, **kwargs)
@@ -240,7 +230,7 @@ def load_pipeline(path: str | Path) -> AzurePipeline:
         raise ctx.error((unknown[0],), f"unknown key(s) {unknown}; allowed: {sorted(PIPELINE_KEYS)}.")
     for key in ("services", "identity", "properties"):
         if key in raw:
-            warn_once(key, ctx.where(key))
+            warn_once(key, ctx.where(key), ctx.path)
     settings = raw.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise ctx.error(("settings",), "must be a mapping.")
@@ -248,7 +238,7 @@ def load_pipeline(path: str | Path) -> AzurePipeline:
     if bad:
         raise ctx.error(("settings", bad[0]), f"unknown setting(s) {bad}; allowed: {sorted(SETTINGS_KEYS)}.")
     if "default_datastore" in settings:
-        warn_once("settings.default_datastore", ctx.where("settings", "default_datastore"))
+        warn_once("settings.default_datastore", ctx.where("settings", "default_datastore"), ctx.path)
     for flag in ("continue_on_step_failure", "force_rerun"):
         if flag in settings and not isinstance(settings[flag], bool):
             raise ctx.error(("settings", flag), f"must be true or false, got {settings[flag]!r}.")
@@ -268,6 +258,7 @@ def load_pipeline(path: str | Path) -> AzurePipeline:
         description=str(raw.get("description") or ""), inputs=inputs, outputs=outputs, jobs=_ordered(jobs, ctx),
         infrastructure=infrastructure, cache=not settings.get("force_rerun", False),
         experiment=raw.get("experiment_name"),
+        continue_on_step_failure=settings.get("continue_on_step_failure", False),
     )
 
 
@@ -321,7 +312,7 @@ def _pipeline_output(name: str, raw: Any, ctx: _Ctx) -> str:
     if not isinstance(raw, Mapping):
         raise ctx.error(keys, "must be a mapping such as {type: uri_folder}.")
     if "mode" in raw:
-        warn_once("outputs.mode", ctx.where(*keys, "mode"))
+        _output_mode(raw["mode"], ctx, (*keys, "mode"))
     if raw.get("path"):
         raise ctx.error((*keys, "path"), "outputs are published under the artifact root (PREFECT_ML_ARTIFACT_ROOT) "
                         "by cache key; drop 'path', and register the output as a data asset if it needs a fixed name.")
@@ -329,6 +320,16 @@ def _pipeline_output(name: str, raw: Any, ctx: _Ctx) -> str:
     if extra:
         raise ctx.error((*keys, extra[0]), f"unknown field(s) {extra}.")
     return str(raw.get("type", "uri_folder"))
+
+
+def _output_mode(mode: Any, ctx: _Ctx, keys: tuple[str, ...]) -> None:
+    """An output `mode` is checked like `Output(mode=...)` (e.g. `direct` is refused), then warned about once:
+    a step writes local paths, published after it (Azure's upload)."""
+    try:
+        _check_mode(mode, OUTPUT_MODES, "output")
+    except ComponentError as exc:
+        raise ctx.error(keys, str(exc)) from None
+    warn_once("outputs.mode", ctx.where(*keys), ctx.path)
 
 
 def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mapping[str, Input]) -> Job:
@@ -344,14 +345,19 @@ def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mappin
         raise ctx.error((*keys, unknown[0]), f"unknown key(s) {unknown}; allowed: {sorted(JOB_KEYS)}.")
     for key in ("services", "identity", "properties"):
         if key in raw:
-            warn_once(key, ctx.where(*keys, key))
+            warn_once(key, ctx.where(*keys, key), ctx.path)
+    both = [k for k in ("command", "code") if k in raw] if "component" in raw else []
+    if both:
+        raise ctx.error((*keys, both[0]), f"the job names a `component:`, which has its own command and code; "
+                        f"move {' and '.join(both)} into the component, or drop `component:` to write an inline "
+                        "command job (command, code, environment on the job).")
     resources = raw.get("resources") or {}
     if not isinstance(resources, Mapping):
         raise ctx.error((*keys, "resources"), "must be a mapping.")
     for key in sorted(set(resources) - {"instance_count"}):
         if f"resources.{key}" not in NO_MEANING:
-            raise ctx.error((*keys, "resources", key), "has no equivalent here; set it on the infrastructure block.")
-        warn_once(f"resources.{key}", ctx.where(*keys, "resources", key))
+            raise ctx.error((*keys, "resources", key), REFUSED_RESOURCES.get(key, REFUSED_RESOURCE) + ".")
+        warn_once(f"resources.{key}", ctx.where(*keys, "resources", key), ctx.path)
     component = _job_component(name, raw, ctx, parent_inputs)
     component = _job_distribution(component, raw, resources, ctx, keys)
     env = raw.get("environment") if "component" in raw else None
@@ -413,7 +419,7 @@ def _job(name: str, raw: Any, ctx: _Ctx, default_env: Any, parent_inputs: Mappin
                             f"{sorted(component.outputs)}.")
         if isinstance(ovalue, Mapping):
             if "mode" in ovalue:
-                warn_once("outputs.mode", ctx.where(*okeys, "mode"))
+                _output_mode(ovalue["mode"], ctx, (*okeys, "mode"))
             if ovalue.get("path"):
                 raise ctx.error((*okeys, "path"), "outputs are published under the artifact root by cache key; "
                                 "drop 'path' (bind it to a pipeline output with ${{parent.outputs.NAME}}).")

@@ -7,7 +7,9 @@ inside a `@pipeline` submits a step; outside a pipeline it runs the step at once
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field, replace
@@ -29,8 +31,8 @@ YAML_KEYS = {
     "outputs", "code", "environment", "command", "is_deterministic", "retries", "timeout",
     "infrastructure", "resources", "distribution", "instance_count", "environment_variables",
 }
-# `resources:` keys other than instance_count (instance_type, shm_size, ...) pick the machine: here the
-# infrastructure block does, so they are accepted and ignored, as before distribution was supported.
+# `resources:` keys other than instance_count pick the machine: here the infrastructure block does, so
+# instance_type and shm_size are accepted with one warning (NO_MEANING); the rest are refused (check_resources).
 DISTRIBUTION_TYPES = ("pytorch",)
 # Azure distribution types that have no launcher here, and what to do instead
 REFUSED_DISTRIBUTIONS = {
@@ -38,6 +40,57 @@ REFUSED_DISTRIBUTIONS = {
     "tensorflow": "TensorFlow parameter-server jobs are not launched here; use type: pytorch (torchrun)",
     "ray": "Ray clusters are not launched here; use type: pytorch (torchrun)",
 }
+
+
+# Azure keys accepted with one logged warning each (warn_once): they have no meaning here. Used by component
+# YAML, `command(resources=...)` and pipeline YAML (dsl.azure_pipeline) alike.
+NO_MEANING = {
+    "services": "Azure job services (Jupyter, SSH, TensorBoard) do not exist here",
+    "identity": "steps run with this machine's credentials (the storage credential chains), not an Azure identity",
+    "properties": "Azure job properties are not recorded",
+    "settings.default_datastore": "outputs go to the artifact root (PREFECT_ML_ARTIFACT_ROOT)",
+    "outputs.mode": "outputs are always written locally and published after the step (Azure's upload)",
+    "resources.instance_type": "the infrastructure block decides the machine (compute)",
+    "resources.shm_size": "set shm_size on the Docker infrastructure block",
+}
+# `resources:` keys refused, with what to use instead (any other unknown key: REFUSED_RESOURCE)
+REFUSED_RESOURCES = {
+    "docker_args": "extra `docker run` arguments are not passed; set the options (gpus, mem_limit, cpus, shm_size, "
+                   "network_mode, volumes, user) on a Docker infrastructure block and name it with "
+                   "compute/infrastructure",
+}
+REFUSED_RESOURCE = "has no equivalent here; set it on the infrastructure block (named with compute or infrastructure)"
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+_log = logging.getLogger(__name__)
+
+
+def warn_once(key: str, where: str, source: str | Path | None = None, logger: logging.Logger | None = None) -> None:
+    """One logged warning per key with no meaning here (NO_MEANING) per file (`source`; None: per process),
+    so a second file with the same key warns again and a file loaded twice does not."""
+    with _warned_lock:
+        if (str(source), key) in _warned:
+            return
+        _warned.add((str(source), key))
+    (logger or _log).warning("%s: accepted but ignored (no meaning in prefect-ml: %s). This warning is shown once "
+                             "per file.", where, NO_MEANING[key])
+
+
+def check_resources(resources: Any) -> list[str]:
+    """The `resources:` keys (other than instance_count) that are accepted with a warning; raises
+    ComponentError (no location: callers add it) for a key that is refused, saying what to use."""
+    if resources is None:
+        return []
+    if not isinstance(resources, Mapping):
+        raise ComponentError(f"'resources' must be a mapping such as {{instance_count: 2}}, got {resources!r}.")
+    warned = []
+    for key in sorted(set(resources) - {"instance_count"}):
+        if f"resources.{key}" in NO_MEANING:
+            warned.append(key)
+        else:
+            raise ComponentError(f"key 'resources.{key}': {REFUSED_RESOURCES.get(key, REFUSED_RESOURCE)}.")
+    return warned
 
 
 class CommandWarning(UserWarning):
@@ -510,6 +563,8 @@ def command(
     """
     where = f"component '{name}'"
     try:
+        for key in check_resources(resources):
+            warn_once(f"resources.{key}", f"{where}: command(resources={{'{key}': ...}})", source=where)
         dist = distribution_from(distribution, resources, instance_count)
     except ComponentError as exc:
         raise ComponentError(f"{where}: {exc}") from None
@@ -549,6 +604,10 @@ def load_component(path: str | Path | None = None, *, source: str | Path | None 
     raw = load_yaml_file(path, ComponentError, source_text)
     if not isinstance(raw, Mapping):
         raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
+    if raw.get("type") == "pipeline" or "jobs" in raw:
+        raise ComponentError(f"{path} is a pipeline YAML (type: pipeline, jobs:), not a component: load it with "
+                             f"prefect_ml.load_pipeline_yaml({path.name!r}) or run it with "
+                             f"`prefect-ml run {path.name}`.")
     lines = {m.group(1): n for n, text in enumerate(source_text.splitlines(), 1)
              if (m := re.match(r"^([A-Za-z_$][\w$]*)\s*:", text))}
     return component_from_mapping(raw, path, lines=lines)
@@ -574,6 +633,14 @@ def component_from_mapping(raw: Mapping[str, Any], path: Path, *, where: str | N
     code = (path.parent / code).resolve() if not code.is_absolute() else code
     at = f" line {lines['environment']}" if lines and "environment" in lines else ""
     env = resolve_environment(raw.get("environment"), source=path, start=code, where=where + at)
+    try:
+        ignored = check_resources(raw.get("resources"))
+    except ComponentError as exc:
+        at = f" line {lines['resources']}" if lines and "resources" in lines else ""
+        raise ComponentError(f"{where}{at}: {exc}") from None
+    for key in ignored:
+        at = f" line {lines['resources']}" if lines and "resources" in lines else ""
+        warn_once(f"resources.{key}", f"{where}{at}: key 'resources.{key}'", source=path)
     try:
         dist = distribution_from(raw.get("distribution"), raw.get("resources"), raw.get("instance_count"))
     except ComponentError as exc:

@@ -42,6 +42,9 @@ class PipelineOptions:
     cache: bool = True
     experiment: str | None = None
     artifact_root: str | None = None
+    # Azure's `continue_on_step_failure`: False = no step starts after the first step failure (steps
+    # already running finish); True = independent steps run on. Python default True, YAML default False.
+    continue_on_step_failure: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +77,7 @@ class PipelineRun:
     notes: list[str] = field(default_factory=list)
     names: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: FirstFailure | None = None  # continue_on_step_failure=False: the run's first failed step
 
     def step_name(self, component: Component) -> str:
         with self.lock:
@@ -89,7 +93,8 @@ class PipelineRun:
         name = name or self.step_name(component)
         if self.planning:
             return self._plan_step(component, params, name)
-        future = _step_task(component, name).submit(quote(component), params, quote(self.spec), name)
+        future = _step_task(component, name, stop=self.stop is not None).submit(
+            quote(component), params, quote(self.spec), name)
         step = Step(name, component, future, siblings=self.steps)
         self.steps.append(step)
         return step
@@ -113,11 +118,96 @@ class PipelineRun:
         return step
 
 
-def _step_task(component: Component, task_run_name: str):  # -> prefect Task
+def _step_task(component: Component, task_run_name: str, stop: bool = False):  # -> prefect Task
     from prefect_ml.runtime.task import run_step
 
-    return run_step.with_options(name=component.name, task_run_name=task_run_name, retries=component.retries,
+    task = run_step.with_options(name=component.name, task_run_name=task_run_name, retries=component.retries,
                                  timeout_seconds=component.timeout)
+    if not stop:
+        return task
+    # continue_on_step_failure=False: the same task, its function behind a check made when the step would
+    # start (after its producers finished), and a hook that records the run's first failed step
+    from prefect import Task
+
+    return Task(fn=run_step_unless_stopped, name=component.name, task_run_name=task_run_name,
+                retries=component.retries, timeout_seconds=component.timeout, cache_policy=task.cache_policy,
+                persist_result=False, on_failure=[_record_failure])
+
+
+# --- continue_on_step_failure=False ---------------------------------------------------------------------
+
+NOT_RUN = "NotRun"
+
+
+class FirstFailure:
+    """The first step of a run that failed (after its retries); once set, no further step starts."""
+
+    def __init__(self) -> None:
+        self.step: str | None = None
+        self._lock = threading.Lock()
+
+    def record(self, step: str) -> None:
+        with self._lock:
+            if self.step is None:
+                self.step = step
+
+
+# flow run id -> its FirstFailure, for the runs of this process with continue_on_step_failure=False
+_first_failures: dict[str, FirstFailure] = {}
+
+
+def _record_failure(task: Any, task_run: Any, state: Any) -> None:
+    """Prefect on_failure hook of a step (called once its final state is Failed)."""
+    stop = _first_failures.get(str(task_run.flow_run_id))
+    if stop is not None:
+        stop.record(task_run.name)
+
+
+def failed_step(flow_run_id: str) -> str | None:
+    """The run's first failed step, or None. A step on another process (a Dask worker) asks the Prefect
+    API for a failed task run of the flow run; if that cannot be asked, the step runs."""
+    stop = _first_failures.get(flow_run_id)
+    if stop is not None:
+        return stop.step
+    try:
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            TaskRunFilter,
+            TaskRunFilterState,
+            TaskRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        with get_client(sync_client=True) as client:
+            failed = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+                task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                    type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))),
+                limit=1,
+            )
+        return failed[0].name if failed else None
+    except Exception:
+        return None
+
+
+def run_step_unless_stopped(component: Component, inputs: dict[str, Any], run: RunSpec, step_name: str) -> Any:
+    """The step task's function when continue_on_step_failure is False: a step that would start after
+    another step failed ends `Cancelled` (named NotRun) without running; otherwise it runs as usual."""
+    from prefect import runtime
+    from prefect.states import Cancelled
+
+    from prefect_ml.runtime.task import run_step
+
+    if runtime.task_run.run_count <= 1:  # a retry of a step that already started is not a new step
+        failed = failed_step(str(runtime.flow_run.id))
+        if failed is not None:
+            return Cancelled(name=NOT_RUN, message=f"not started: step '{failed}' failed and "
+                             "continue_on_step_failure is false")
+    return run_step.fn(component, inputs, run, step_name)
 
 
 def _bind(component: Component, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +328,8 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
         params=dict(runtime.flow_run.parameters or {}),
     )
     run = PipelineRun(replace(spec, mlflow_run_id=mlflow_run_id))
+    if not options.continue_on_step_failure:
+        run.stop = _first_failures[flow_run_id] = FirstFailure()
     ok = False
     try:
         # the run's settings, read once: every step and observer sees the same (and skips re-reading them)
@@ -245,12 +337,14 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
             result = func(*args, **kwargs)
             for step in list(run.steps):
                 step.wait()
+            _raise_first_failure(run)
             for step in list(run.steps):
                 step.result()  # raises the first failed step's own error, not a dependant's "not ready"
             resolved = _resolve(result)
         ok = True
         return resolved
     finally:
+        _first_failures.pop(flow_run_id, None)
         try:  # the summary also helps on failed runs
             from prefect_ml.runtime.artifacts import pipeline_summary
 
@@ -265,6 +359,23 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
         from prefect import get_run_logger
 
         tracking.flush(warn=get_run_logger().warning)
+
+
+def _raise_first_failure(run: PipelineRun) -> None:
+    """continue_on_step_failure=False: name the steps that were not started, then raise the error of the
+    step that failed first (not of whichever failed step was submitted first)."""
+    if run.stop is None or run.stop.step is None:
+        return
+    from prefect import get_run_logger
+
+    not_run = [s.name for s in run.steps if s.future is not None and s.future.state.name == NOT_RUN]
+    get_run_logger().error(
+        f"step '{run.stop.step}' failed; continue_on_step_failure is false, so no step started after it"
+        + (f" (not run: {', '.join(not_run)})" if not_run else "")
+        + "; steps that had started ran to the end (a re-run reuses those that completed).")
+    first = next((s for s in run.steps if s.name == run.stop.step), None)
+    if first is not None:
+        first.result()  # raises its error
 
 
 def _check_task_runner(spec: RunSpec) -> None:
@@ -286,6 +397,24 @@ def _check_task_runner(spec: RunSpec) -> None:
     get_run_logger().info(f"steps run on {where}; artifact root {storage.redact(spec.artifact_root)}")
 
 
+# Azure ML SDK `@dsl.pipeline` keyword arguments: accepted with the same meaning (AZURE_ALIASES), or refused
+# with what to use here
+AZURE_PIPELINE_KWARGS = {
+    "experiment_name": "the MLflow experiment: experiment=",
+    "compute": "the steps' infrastructure: infrastructure=",
+    "force_rerun": "cache=False",
+    "display_name": "the flow run name: flow_run_name=",
+    "default_datastore": "outputs go to the artifact root: use artifact_root='s3://...' (an fsspec URI; an Azure "
+                         "datastore's root as listed in datastores.yaml) or PREFECT_ML_ARTIFACT_ROOT",
+    "tags": "tag runs with prefect.tags(...) around the call, or `tags:` on the deployment in prefect.yaml",
+    "default_compute_target": "use infrastructure= (a block name, `process` or `docker`)",
+    "non_pipeline_inputs": "every parameter is a pipeline input here; compute other values inside the function",
+    "on_init": "there is no init step; call the component first in the pipeline function",
+    "on_finalize": "there is no finalize step; use Prefect's on_completion=/on_failure= flow hooks",
+}
+AZURE_ALIASES = {"experiment_name", "compute", "force_rerun", "display_name"}
+
+
 def pipeline(
     fn: Callable[..., Any] | None = None,
     *,
@@ -295,6 +424,7 @@ def pipeline(
     experiment: str | None = None,
     artifact_root: str | None = None,
     default_compute: str | None = None,
+    continue_on_step_failure: bool = True,
     task_runner: Any = None,
     **flow_kwargs: Any,
 ) -> Any:
@@ -307,10 +437,17 @@ def pipeline(
         experiment: MLflow experiment (default: the flow name).
         artifact_root: fsspec URI for outputs (default: `PREFECT_ML_ARTIFACT_ROOT`).
         default_compute: the Azure ML SDK's name for `infrastructure` (same meaning; give one of them).
+        continue_on_step_failure: True (the default for Python pipelines): after a step fails, steps that do
+            not need it still run. False (the default of an Azure pipeline YAML): no step starts after the
+            first failure; steps already running finish (their outputs are reused by a re-run), the rest end
+            `NotRun`, and the run fails with the failed step's error.
         task_runner: where the steps run, as for a Prefect flow: a `TaskRunner` (e.g. prefect-dask's
             `DaskTaskRunner(address="tcp://127.0.0.1:8786")`) or a name, `"threads"` or `"dask"` (at
             `PREFECT_ML_DASK_ADDRESS`). Default: the setting `PREFECT_ML_TASK_RUNNER`, read when a run starts.
-        **flow_kwargs: passed to `prefect.flow` (retries, log_prints, description, ...).
+        **flow_kwargs: passed to `prefect.flow` (retries, log_prints, description, version, ...). The Azure ML
+            SDK's `experiment_name`, `compute`, `force_rerun` and `display_name` are accepted with their meaning
+            here (experiment, infrastructure, not cache, the flow run name); others (`default_datastore`, `tags`,
+            ...) are refused with what to use (`AZURE_PIPELINE_KWARGS`).
 
     Example:
         @pipeline(infrastructure="cpu")
@@ -319,13 +456,32 @@ def pipeline(
             model = train(train_data=prep.outputs.train_data, learning_rate=learning_rate)
             return {"model": model.outputs.model}
     """
-    if default_compute is not None:
-        if infrastructure is not None and infrastructure != default_compute:
-            raise TypeError(f"@pipeline: give infrastructure= or default_compute= (the Azure ML SDK's name for it), "
-                            f"not both ({infrastructure!r} vs {default_compute!r}).")
-        infrastructure = default_compute.removeprefix("azureml:")
+    azure = {k: flow_kwargs.pop(k) for k in list(flow_kwargs) if k in AZURE_PIPELINE_KWARGS}
+    for key in (k for k in azure if k not in AZURE_ALIASES):
+        raise TypeError(f"@pipeline({key}=...), from the Azure ML SDK, has no equivalent here: "
+                        f"{AZURE_PIPELINE_KWARGS[key]}.")
+    compute = [(k, str(v)) for k, v in (("default_compute", default_compute), ("compute", azure.get("compute")))
+               if v is not None]
+    for key, value in compute:
+        value = value.removeprefix("azureml:")  # the Azure name of a compute target: a block name here
+        if infrastructure is not None and infrastructure != value:
+            raise TypeError(f"@pipeline: give infrastructure= or {key}= (the Azure ML SDK's name for it), "
+                            f"not both ({infrastructure!r} vs {value!r}).")
+        infrastructure = value
+    if "experiment_name" in azure:
+        if experiment is not None and experiment != azure["experiment_name"]:
+            raise TypeError("@pipeline: give experiment= or experiment_name= (the Azure ML SDK's name for it), "
+                            f"not both ({experiment!r} vs {azure['experiment_name']!r}).")
+        experiment = str(azure["experiment_name"])
+    if azure.get("force_rerun"):
+        cache = False
+    if "display_name" in azure:  # Azure: the run's name in the studio (adjective-noun if omitted), as here
+        if "flow_run_name" in flow_kwargs:
+            raise TypeError("@pipeline: give flow_run_name= or display_name= (the Azure ML SDK's name for it), "
+                            "not both.")
+        flow_kwargs["flow_run_name"] = str(azure["display_name"])
     options = PipelineOptions(infrastructure=infrastructure, cache=cache, experiment=experiment,
-                              artifact_root=artifact_root)
+                              artifact_root=artifact_root, continue_on_step_failure=continue_on_step_failure)
     runner = PipelineTaskRunner(task_runner)  # an unknown name fails here, at decoration
 
     def decorate(func: Callable[..., Any]) -> Any:

@@ -6,7 +6,7 @@ listed in a `datastores.yaml` (the first found: the current directory and its pa
 
     workspaceblobstore: abfs://azureml-blobstore-0000      # Azure Blob / ADLS (adlfs)
     training_data: s3://my-bucket/azure-data                # S3
-    local_share: /mnt/shared/data                           # a local folder
+    local_share: /mnt/shared/data                           # a local folder (relative: to this file's folder)
 
 so `azureml://datastores/training_data/paths/credit/2024.csv` reads
 `s3://my-bucket/azure-data/credit/2024.csv`. The long workspace form
@@ -36,7 +36,8 @@ def map_files() -> list[Path]:
 
 
 def load_map() -> tuple[dict[str, str], list[Path]]:
-    """datastore name -> root URI (the first map that names it wins), and the files searched."""
+    """datastore name -> root URI (the first map that names it wins), and the files searched. A relative
+    local root (`local_share: ./data`) is relative to the folder of the map that names it, not the cwd."""
     files = map_files()
     out: dict[str, str] = {}
     for f in files:
@@ -46,8 +47,16 @@ def load_map() -> tuple[dict[str, str], list[Path]]:
         if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
             raise StorageError(f"{f}: a datastore map maps names to root URIs (`workspaceblobstore: abfs://container`).")
         for k, v in raw.items():
-            out.setdefault(str(k), v)
+            out.setdefault(str(k), _root(v, f))
     return out, files
+
+
+def _root(value: str, map_file: Path) -> str:
+    """A root URI as written in `map_file`; a local path becomes a file:// URI, relative to the map's folder."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else map_file.resolve().parent / path).resolve().as_uri()
 
 
 def resolve_datastore_uri(uri: str) -> str:
@@ -66,6 +75,4 @@ def resolve_datastore_uri(uri: str) -> str:
             f"local path) to {files[0]} (searched: {', '.join(str(f) for f in files)})."
         )
     root = stores[name]
-    if "://" not in root:
-        root = Path(root).expanduser().resolve().as_uri()
     return root.rstrip("/") + "/" + m.group("path").lstrip("/")

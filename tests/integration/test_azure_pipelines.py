@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +19,23 @@ from typer.testing import CliRunner
 
 from prefect_ml import storage
 from prefect_ml.dsl.azure_pipeline import load_pipeline_yaml
+from prefect_ml.errors import StepFailed
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder (with Last-Modified, from the file's mtime); a file `NAME.etag` beside `NAME`
+    makes the server send its text as NAME's ETag header."""
+
     def log_message(self, *args: object) -> None:
         pass
+
+    def end_headers(self) -> None:
+        tag = Path(self.translate_path(self.path) + ".etag")
+        if tag.is_file():
+            self.send_header("ETag", f'"{tag.read_text().strip()}"')
+        super().end_headers()
 
 
 @pytest.fixture
@@ -75,3 +86,69 @@ def test_mltable_https_inline_component_and_inline_environment(env, http_data):
     assert "read_delimited" in (out / "MLTable.seen").read_text()
     (folder / "remote.csv").write_text("x,y\n5,6\n7,8\n")  # new size / Last-Modified: a new fingerprint
     assert storage.fingerprint(url) != fp
+
+
+def test_data_forms_through_the_cli(env, http_data):
+    """data_forms.yml (mltable, https-style input, inline component + inline environment, identity) run by
+    `prefect-ml run ... --set inputs.remote=<url>`, as the Python test above runs it."""
+    from prefect_ml.cli import app
+
+    base, folder = http_data
+    (folder / "remote.csv").write_text("x,y\n9,9\n")
+    result = CliRunner().invoke(app, ["run", str(FIXTURES / "data_forms.yml"), "--set",
+                                      f"inputs.remote={base}/remote.csv"])
+    assert result.exit_code == 0, result.output
+    outputs = json.loads(result.stdout[result.stdout.index("{\n"):])  # log lines may hold braces too
+    out = storage.local_path(outputs["copied"])
+    assert (out / "remote.csv").read_text() == "x,y\n9,9\n"
+    assert "read_delimited" in (out / "MLTable.seen").read_text()
+
+
+def test_https_fingerprint_follows_last_modified_and_etag_at_the_same_size(http_data):
+    base, folder = http_data
+    data, url = folder / "same.csv", f"{base}/same.csv"
+    data.write_text("x,y\n3,4\n")
+    os.utime(data, (1_700_000_000, 1_700_000_000))
+    first = storage.fingerprint(url)
+    data.write_text("x,y\n5,6\n")  # same size, a later Last-Modified
+    os.utime(data, (1_700_000_100, 1_700_000_100))
+    second = storage.fingerprint(url)
+    assert second != first
+    (folder / "same.csv.etag").write_text("v1")  # an ETag, when the server sends one, is what is compared
+    tagged = storage.fingerprint(url)
+    assert tagged != second and storage.fingerprint(url) == tagged
+    data.write_text("x,y\n7,8\n")  # same size, same Last-Modified, a new ETag
+    os.utime(data, (1_700_000_100, 1_700_000_100))
+    (folder / "same.csv.etag").write_text("v2")
+    assert storage.fingerprint(url) != tagged
+
+
+def _step_states(flow_state) -> dict[str, str]:
+    from tests.conftest import task_runs
+
+    runs = task_runs(flow_state, names=("fail_job", "slow_job", "later_job"))
+    return {r.name: r.state.name for r in runs}
+
+
+def test_continue_on_step_failure_false_starts_no_step_after_a_failure(env, tmp_path):
+    """Azure's default: after fail_job fails, later_job (waiting for slow_job) never starts; slow_job,
+    already running, finishes and its output is reused by a re-run with continue_on_step_failure: true,
+    where later_job runs although fail_job failed again."""
+    flow = load_pipeline_yaml(FIXTURES / "step_failure.yml")
+    state = flow(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StepFailed, match=r"(?s)^step .fail_job. failed: exit code 1.*fail_job fails on purpose"):
+        state.result()
+    assert _step_states(state) == {"fail_job": "Failed", "slow_job": "Completed", "later_job": "NotRun"}
+
+    text = (FIXTURES / "step_failure.yml").read_text()
+    assert "continue_on_step_failure: false" in text
+    text = text.replace("continue_on_step_failure: false", "continue_on_step_failure: true")
+    text = text.replace("code: ./components/inspect", f"code: {FIXTURES / 'components' / 'inspect'}")
+    (tmp_path / "step_failure_continue.yml").write_text(text)
+    flow = load_pipeline_yaml(tmp_path / "step_failure_continue.yml")
+    state = flow(return_state=True)
+    assert state.is_failed()  # a step failed: the run fails either way
+    with pytest.raises(StepFailed, match=r"(?s)^step .fail_job. failed: exit code 1.*fail_job fails on purpose"):
+        state.result()
+    assert _step_states(state) == {"fail_job": "Failed", "slow_job": "Cached", "later_job": "Completed"}
