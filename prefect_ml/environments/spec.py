@@ -381,40 +381,45 @@ def parse_spec(spec_file: Path) -> Environment:
     """Validate one environment.yaml; every error names the file, the key and the fix."""
     where = str(spec_file)
     raw = load_yaml_file(spec_file, EnvironmentSpecError)
+
+    def at(key: str) -> str:  # the file and the key's line, computed only for an error
+        return f"{where}{_key_line(spec_file, key)}"
+
     if not isinstance(raw, dict):
         raise EnvironmentSpecError(f"{where}: expected a mapping with keys {sorted(SPEC_KEYS)}, got "
             f"{type(raw).__name__}.")
     unknown = sorted(set(raw) - SPEC_KEYS)
     if unknown:
-        raise EnvironmentSpecError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(SPEC_KEYS)}.")
+        raise EnvironmentSpecError(f"{at(unknown[0])}: unknown key(s) {unknown}; allowed keys are {sorted(SPEC_KEYS)}.")
     directory = spec_file.parent
     name = raw.get("name", directory.name)
     if not isinstance(name, str) or not NAME.match(name):
         raise EnvironmentSpecError(
-            f"{where}: key 'name' must be lowercase letters, digits, '.', '_' or '-' (a Docker tag), got {name!r}."
+            f"{at('name')}: key 'name' must be lowercase letters, digits, '.', '_' or '-' (a Docker tag), got {name!r}."
         )
     if name != directory.name:
         raise EnvironmentSpecError(
-            f"{where}: key 'name' is {name!r} but the directory is {directory.name!r}; make them the same "
+            f"{at('name')}: key 'name' is {name!r} but the directory is {directory.name!r}; make them the same "
             "(components find environments by directory name)."
         )
     version = raw.get("version", "1")
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
-        raise EnvironmentSpecError(f"{where}: key 'version' must be a string such as \"1\", got {version!r}.")
+        raise EnvironmentSpecError(f"{at('version')}: key 'version' must be a string such as \"1\", got {version!r}.")
     base_image = raw.get("base_image")
     if base_image is not None and (not isinstance(base_image, str) or not base_image.strip()):
-        raise EnvironmentSpecError(f"{where}: key 'base_image' must be an image name or null, got {base_image!r}.")
+        raise EnvironmentSpecError(f"{at('base_image')}: key 'base_image' must be an image name or null, "
+                                   f"got {base_image!r}.")
     # neither requirements nor conda is allowed: a bare base image (a prebuilt image that has everything)
-    requirements = _file_key(raw, "requirements", directory, where)
-    conda = _file_key(raw, "conda", directory, where)
+    requirements = _file_key(raw, "requirements", spec_file)
+    conda = _file_key(raw, "conda", spec_file)
     apt = raw.get("apt") or []
     if not isinstance(apt, list) or not all(isinstance(a, str) and APT_NAME.match(a) for a in apt):
         raise EnvironmentSpecError(
-            f"{where}: key 'apt' must be a list of Debian package names (e.g. [libgomp1]), got {apt!r}."
+            f"{at('apt')}: key 'apt' must be a list of Debian package names (e.g. [libgomp1]), got {apt!r}."
         )
     gpu = raw.get("gpu", False)
     if not isinstance(gpu, bool):
-        raise EnvironmentSpecError(f"{where}: key 'gpu' must be true or false, got {gpu!r}.")
+        raise EnvironmentSpecError(f"{at('gpu')}: key 'gpu' must be true or false, got {gpu!r}.")
     conda_pip: tuple[str, ...] = ()
     if conda:
         conda_pip = tuple(conda_pip_requirements(directory / conda))
@@ -496,19 +501,25 @@ def _build_key(raw: dict, spec_file: Path, where: str) -> tuple[Path, str]:
     return context, dockerfile
 
 
-def _file_key(raw: dict, key: str, directory: Path, where: str) -> str | None:
+def _file_key(raw: dict, key: str, spec_file: Path) -> str | None:
     value = raw.get(key)
     if value is None:
         return None
+    directory = spec_file.parent
+
+    def where() -> str:  # the file and the key's line, composed only for an error
+        return f"{spec_file}{_key_line(spec_file, key)}"
+
     if not isinstance(value, str) or not value.strip():
-        raise EnvironmentSpecError(f"{where}: key '{key}' must be a file name relative to {directory}, got {value!r}.")
+        raise EnvironmentSpecError(f"{where()}: key '{key}' must be a file name relative to {directory}, "
+                                   f"got {value!r}.")
     path = (directory / value).resolve()
     if directory.resolve() not in path.parents:
         raise EnvironmentSpecError(
-            f"{where}: key '{key}' points outside the environment dir ({value}); keep the file in {directory}."
+            f"{where()}: key '{key}' points outside the environment dir ({value}); keep the file in {directory}."
         )
     if not path.is_file():
         raise EnvironmentSpecError(
-            f"{where}: key '{key}' names {value!r}, which does not exist ({path}); create the file or fix the key."
+            f"{where()}: key '{key}' names {value!r}, which does not exist ({path}); create the file or fix the key."
         )
     return value

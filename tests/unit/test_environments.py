@@ -45,11 +45,16 @@ def test_bad_yaml_and_unknown_keys_name_the_file(envs):
     with pytest.raises(EnvironmentSpecError, match=r"badyaml/environment.yaml: line \d+, column \d+: invalid YAML"):
         load_environment("badyaml")
     make_env(envs, "typo", "name: typo\nrequirement: requirements.txt\n")
-    with pytest.raises(EnvironmentSpecError, match=r"unknown key\(s\) \['requirement'\]; allowed keys are"):
+    with pytest.raises(EnvironmentSpecError,
+                       match=r"typo/environment.yaml line 2: unknown key\(s\) \['requirement'\]; allowed keys are"):
         load_environment("typo")
-    make_env(envs, "wrongname", "name: other\n")
-    with pytest.raises(EnvironmentSpecError, match=r"key 'name' is 'other' but the directory is 'wrongname'"):
+    make_env(envs, "wrongname", "version: '2'\nname: other\n")
+    with pytest.raises(EnvironmentSpecError,
+                       match=r"wrongname/environment.yaml line 2: key 'name' is 'other' but the directory"):
         load_environment("wrongname")
+    make_env(envs, "nofile", "name: nofile\ngpu: false\nrequirements: missing.txt\n")
+    with pytest.raises(EnvironmentSpecError, match=r"nofile/environment.yaml line 3: key 'requirements' names"):
+        load_environment("nofile")
 
 
 def test_conda_file_pip_rule(envs):
