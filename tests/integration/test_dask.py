@@ -19,14 +19,21 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
 from prefect_ml import Input, Output, command, pipeline, register_model, storage
+from tests.conftest import require
 from tests.servers import HOST, ServiceUnavailable, free_port, mlflow_server, moto_server, skip_or_fail
 
-pytest.importorskip("prefect_dask")
+
+@pytest.fixture(autouse=True, scope="module")
+def _prefect_dask() -> None:
+    """prefect-dask is in the test extra: under CI its absence fails, it is never skipped silently."""
+    require(find_spec("prefect_dask") is not None, "prefect-dask is not installed: pip install -e '.[test]'")
+
 
 DASK = Path(sys.executable).parent / "dask"
 N_WORKERS = 3
@@ -163,6 +170,7 @@ def _code(tmp_path: Path) -> Path:
     (code / "work.py").write_text(textwrap.dedent("""
         import os, sys, time, pathlib
         i, seconds, out = sys.argv[1], float(sys.argv[2]), pathlib.Path(sys.argv[3])
+        out.write_text("partial\\n")  # what a step killed mid-run leaves in its private outputs
         time.sleep(seconds)
         out.write_text(f"part {i}\\n")
     """))
@@ -301,8 +309,13 @@ def test_a_killed_worker_s_step_runs_again_elsewhere(dask_run, tmp_path):
     finished = [r for r in _step_runs(experiment) if r["status"] == "FINISHED"]
     assert sorted(r["step"] for r in finished) == ["work", "work-2", "work-3"]
     assert killed[0] not in {r["worker"] for r in finished}  # the killed worker's step finished elsewhere
-    # nothing partial: every published attempt has its marker, the killed attempt left no marker behind
+    # nothing partial: each step's folder on S3 holds only the attempt its marker names (the killed
+    # attempt had written "partial" to its private outputs on the dead worker; none of it was uploaded)
+    root = storage.ArtifactRoot(os.environ["PREFECT_ML_ARTIFACT_ROOT"])
     for uri in out["parts"]:
         key = uri.split("/steps/")[1].split("/")[0]
-        marker = storage.ArtifactRoot(os.environ["PREFECT_ML_ARTIFACT_ROOT"]).read_marker(key)
-        assert marker and json.dumps(marker)
+        marker = root.read_marker(key)
+        assert marker and uri.startswith(f"{root.step_uri(key)}/{marker['attempt']}/"), json.dumps(marker)
+        fs, path = storage.filesystem(root.step_uri(key))
+        entries = {p.rstrip("/").rsplit("/", 1)[1] for p in fs.ls(path, detail=False, refresh=True)}
+        assert entries == {marker["attempt"], root.marker_uri(key).rsplit("/", 1)[1]}, entries

@@ -391,6 +391,16 @@ def test_gpu_deployment_fails_clearly_without_gpu(deploy_stack: Stack, cpu_run: 
     if Path("/dev/nvidia0").exists():
         pytest.skip("this machine has a GPU: the no-GPU failure cannot be shown here")
     stack = deploy_stack
+    from docker.client import from_env
+
+    def gpu_images() -> set[str]:
+        engine = from_env()
+        try:
+            return {i.id for i in engine.images.list(name="prefect-ml/pytorch-gpu")}
+        finally:
+            engine.close()
+
+    before = gpu_images()
     worker = stack.workers["gpu-1"] = Worker(stack, "ml-gpu", "gpu-1", limit=1)
     try:
         # a new epoch count: the train step must run (a cache hit would need no GPU at all)
@@ -403,6 +413,7 @@ def test_gpu_deployment_fails_clearly_without_gpu(deploy_stack: Stack, cpu_run: 
         assert "GPU" in message, message[-3000:]
         assert "evaluate" not in tasks or tasks["evaluate"]["state"]["type"] != "COMPLETED"
         assert worker.alive(), f"the worker died:\n{worker.tail()}"
+        assert gpu_images() == before  # the check ran before the (large) pytorch-gpu image was built
     finally:
         worker.stop()
         stack.workers.pop("gpu-1", None)

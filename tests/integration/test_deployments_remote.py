@@ -86,6 +86,31 @@ def test_yaml_pipeline_deployment_runs_with_the_yaml_inputs_as_parameters(deploy
     assert [r["step"] for r in rows] == list(YAML_STEPS)
 
 
+def test_a_yaml_pipeline_with_azure_forms_deploys_from_its_entrypoint_and_runs(deploy_stack: Stack):  # noqa: F811
+    """tests/fixtures/azure/pipeline.yml, as a user deploys their own YAML (docs/azure.md): the same entrypoint with
+    PREFECT_ML_PIPELINE_YAML at deploy time and in the job variables. Its jobs use what the shipped example
+    does not: an `azureml:train@latest` component whose environment is an `azureml://registries/...` name
+    through the alias map, `azureml:score:1`, job `compute`, `limits.timeout`, `environment_variables`,
+    `services` (warned about), pipeline outputs bound with `${{parent.outputs...}}`."""
+    stack = deploy_stack
+    env = {"PREFECT_ML_PIPELINE_YAML": "tests/fixtures/azure/pipeline.yml"}
+    stack.cli(BIN / "prefect", "--no-prompt", "deploy", "flows/azure_pipeline.py:azure_pipeline",
+              "--name", "fixtures", "--pool", "ml-cpu", "--work-queue", "default",
+              "--job-variable", json.dumps({"env": env}), env=env)
+    dep = stack.deployment("azure-three-jobs/fixtures")
+    props = dep["parameter_openapi_schema"]["properties"]
+    assert set(props) == {"raw_data", "ratio", "epochs"}, props
+    assert props["epochs"]["default"] == 3
+
+    run_id = stack.run_deployment("azure-three-jobs/fixtures", "epochs=4")
+    run = stack.wait(run_id)
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{stack.workers['cpu-1'].tail()}"
+    tasks = {t["name"]: t["state"]["type"] for t in stack.task_runs(run_id)}
+    assert {tasks.get(j) for j in ("prep_job", "train_job", "score_job")} == {"COMPLETED"}, tasks
+    result = stack.api("GET", f"/flow_runs/{run_id}")
+    assert result["parameters"] == {"epochs": 4}
+
+
 # --- issue #16: git_clone pull step, worker without a checkout ------------------------------------
 
 
