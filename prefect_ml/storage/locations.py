@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 
 from prefect_ml.errors import StorageError
 from prefect_ml.storage.caches import caches
@@ -44,6 +45,8 @@ def storage_error(exc: BaseException, uri: str, action: str) -> StorageError:
     proto = canonical_protocol(uri)
     what = {"s3": "bucket", "abfs": "container"}.get(proto, "location")
     shown = redact(uri)
+    if proto in ("http", "https"):
+        return _http_error(exc, shown, action)
     if is_auth_error(exc):
         return StorageError(
             f"cannot {action} {shown!r}: access denied: the {proto}:// credentials were rejected "
@@ -62,6 +65,36 @@ def storage_error(exc: BaseException, uri: str, action: str) -> StorageError:
             )
         return StorageError(f"cannot {action} {shown!r}: no data there; check the path or URI.")
     return StorageError(f"cannot {action} {shown!r}: {type(exc).__name__}: {short_error(exc)}")
+
+
+def _http_error(exc: BaseException, shown: str, action: str) -> StorageError:
+    """fsspec's HTTP filesystem reports most failures as FileNotFoundError; its cause (aiohttp's error)
+    says which: an untrusted TLS certificate, a server that cannot be reached, a refusal, or no data."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    cert = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)
+                 or isinstance(getattr(c, "certificate_error", None), ssl.SSLCertVerificationError)), None)
+    if cert is not None:
+        detail = getattr(getattr(cert, "certificate_error", cert), "verify_message", "") or short_error(cert)
+        return StorageError(
+            f"cannot {action} {shown!r}: the server's TLS certificate is not trusted ({detail}). Trust its CA: "
+            "point SSL_CERT_FILE at a PEM bundle that holds it (or add it to this machine's CA store)."
+        )
+    status = next((getattr(c, "status", None) for c in chain if isinstance(getattr(c, "status", None), int)), None)
+    if status in (401, 403) or any(isinstance(c, PermissionError) for c in chain):
+        return StorageError(f"cannot {action} {shown!r}: the server refused it (HTTP {status or 403}); an https:// "
+                            "input is read without credentials: use a URL that needs none (e.g. a signed URL).")
+    reach = next((c for c in chain if is_connection_error(c) or "clientconnectorerror" in type(c).__name__.lower()),
+                 None)
+    if reach is not None:
+        return StorageError(f"cannot {action} {shown!r}: the server cannot be reached ({short_error(reach)}); "
+                            "check the URL and that the server is up.")
+    why = f"HTTP {status}" if status else (f"{type(chain[-1]).__name__}: {short_error(chain[-1])}" if len(chain) > 1
+                                            else "not found")
+    return StorageError(f"cannot {action} {shown!r}: no data at this URL ({why}); check the URL.")
 
 
 def container_exists(uri: str) -> bool:

@@ -152,3 +152,76 @@ def test_continue_on_step_failure_false_starts_no_step_after_a_failure(env, tmp_
     with pytest.raises(StepFailed, match=r"(?s)^step .fail_job. failed: exit code 1.*fail_job fails on purpose"):
         state.result()
     assert _step_states(state) == {"fail_job": "Failed", "slow_job": "Cached", "later_job": "Completed"}
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (its own CA) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "ca.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def https_data(tmp_path) -> Iterator[tuple[str, Path, Path]]:
+    """An HTTPS server on 127.0.0.1 (a self-signed certificate) serving a folder: (base URL, folder, CA file)."""
+    import ssl
+
+    folder = tmp_path / "served-tls"
+    folder.mkdir()
+    ca, key = _self_signed(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(ca, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", folder, ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_input_over_tls_needs_its_ca_trusted_then_runs(env, https_data, tmp_path):
+    """A real https:// input: without its CA trusted the error says so in one line (not "does not exist");
+    `prefect-ml run` with SSL_CERT_FILE naming the CA stages it like any input."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_ml.errors import StorageError
+
+    base, folder, ca = https_data
+    (folder / "remote.csv").write_text("x,y\n1,2\n")
+    url = f"{base}/remote.csv"
+    with pytest.raises(StorageError) as err:
+        storage.fingerprint(url)  # this process trusts the system CAs only
+    assert "TLS certificate is not trusted" in str(err.value) and "SSL_CERT_FILE" in str(err.value)
+
+    cli = Path(sys.executable).parent / "prefect-ml"
+    run_env = {**os.environ, "SSL_CERT_FILE": str(ca), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    done = subprocess.run([str(cli), "run", str(FIXTURES / "data_forms.yml"), "--set", f"inputs.remote={url}"],
+                          check=False, env=run_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    outputs = json.loads(done.stdout[done.stdout.index("{\n"):])
+    assert (storage.local_path(outputs["copied"]) / "remote.csv").read_text() == "x,y\n1,2\n"
