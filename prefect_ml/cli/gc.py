@@ -19,6 +19,7 @@ pipeline is running, or with an `--older-than` longer than your longest run.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -177,13 +178,10 @@ def collect(kinds: set[str], older_than_hours: float, notes: list[str],
     if kinds & {"containers", "images"}:
         from prefect_ml.infrastructure.docker_client import docker_client
 
-        engine = None
-        if docker_host:
-            from prefect_docker.host import DockerHost
-
-            engine = DockerHost(base_url=docker_host, timeout=30)
+        # as DOCKER_HOST, so that docker's DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to it too
+        environment = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
         try:
-            client = docker_client(engine, who="prefect-ml gc", timeout=30)
+            client = docker_client(who="prefect-ml gc", timeout=30, environment=environment)
         except PrefectMLError as exc:
             notes.append(f"containers/images skipped: {exc}")
         else:
@@ -202,8 +200,9 @@ def gc(
     older_than: float = typer.Option(24.0, "--older-than", min=0, help="Hours: only attempts, staging folders, "
         "ownerless containers and uploads older than this."),
     only: list[str] = typer.Option([], "--only", help=f"Only these kinds (repeatable): {', '.join(KINDS)}."),
-    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine for containers and "
-        "images, e.g. tcp://gpu-box:2376 or a block's docker_host (default: DOCKER_HOST or the local socket)."),
+    docker_host: str | None = typer.Option(None, "--docker-host", help="The Docker engine whose containers and "
+        "images are checked, e.g. tcp://gpu-box:2376 (read as DOCKER_HOST: DOCKER_TLS_VERIFY and DOCKER_CERT_PATH "
+        "apply; default: DOCKER_HOST or the local socket)."),
 ) -> None:
     """Remove leftovers of killed or old runs: orphaned step containers, unpublished attempts, old staging
     folders, outdated environment images, open S3 multipart uploads. A dry run unless --yes."""
@@ -213,7 +212,11 @@ def gc(
     if unknown:
         fail(f"unknown kind(s) {unknown}; use {', '.join(KINDS)}")
     notes: list[str] = []
-    found = collect(set(only or KINDS), older_than, notes, docker_host)
+    kinds = set(only or KINDS)
+    if docker_host and not kinds & {"containers", "images"}:
+        fail(f"--docker-host names an engine, but --only {', '.join(sorted(kinds))} checks none; add --only containers "
+             "or --only images")
+    found = collect(kinds, older_than, notes, docker_host)
     removed = failed = 0
     for g in found:
         if not yes:

@@ -165,7 +165,7 @@ def _record_failure(task: Any, task_run: Any, state: Any) -> None:
 
 def failed_step(flow_run_id: str) -> str | None:
     """The run's first failed step, or None. A step on another process (a Dask worker) asks the Prefect
-    API for a failed task run of the flow run; if that cannot be asked, the step runs."""
+    API for a failed task run of this attempt of the flow run; if that cannot be asked, the step runs."""
     stop = _first_failures.get(flow_run_id)
     if stop is not None:
         return stop.step
@@ -183,13 +183,17 @@ def failed_step(flow_run_id: str) -> str | None:
         from prefect.client.schemas.objects import StateType
 
         with get_client(sync_client=True) as client:
+            attempt = client.read_flow_run(UUID(flow_run_id)).run_count
             failed = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
                 task_run_filter=TaskRunFilter(state=TaskRunFilterState(
                     type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))),
-                limit=1,
+                limit=200,
             )
-        return failed[0].name if failed else None
+        # a retried flow run keeps its id: the failures of an earlier attempt do not stop this one
+        failed = [t for t in failed if t.flow_run_run_count == attempt]
+        first = min(failed, key=lambda t: str(t.end_time or t.created or ""), default=None)  # ISO times sort
+        return first.name if first is not None else None
     except Exception:
         return None
 
@@ -363,19 +367,23 @@ def _run_body(flow_name: str, func: Callable[..., Any], options: PipelineOptions
 
 def _raise_first_failure(run: PipelineRun) -> None:
     """continue_on_step_failure=False: name the steps that were not started, then raise the error of the
-    step that failed first (not of whichever failed step was submitted first)."""
-    if run.stop is None or run.stop.step is None:
+    step that failed first (by when it failed, not by when it was submitted). The failed steps' final
+    states are read from their futures, so this also holds for steps that ran on Dask workers (whose
+    failure hook ran there, not here)."""
+    if run.stop is None:
         return
+    failed = [s for s in run.steps if s.future is not None and s.future.state.is_failed()]
+    if not failed:
+        return
+    first = min(failed, key=lambda s: s.future.state.timestamp)
     from prefect import get_run_logger
 
     not_run = [s.name for s in run.steps if s.future is not None and s.future.state.name == NOT_RUN]
     get_run_logger().error(
-        f"step '{run.stop.step}' failed; continue_on_step_failure is false, so no step started after it"
+        f"step '{first.name}' failed; continue_on_step_failure is false, so no step started after it"
         + (f" (not run: {', '.join(not_run)})" if not_run else "")
         + "; steps that had started ran to the end (a re-run reuses those that completed).")
-    first = next((s for s in run.steps if s.name == run.stop.step), None)
-    if first is not None:
-        first.result()  # raises its error
+    first.future.state.result()  # raises its own error
 
 
 def _check_task_runner(spec: RunSpec) -> None:

@@ -247,7 +247,9 @@ class DockerStepInfrastructure(Block, StepInfrastructure):
 
     def _client(self):
         hint = ""
-        if parse_gpus(self.gpus) is not None:  # a GPU VM without Docker is common: say what runs there
+        # a GPU VM without Docker is common: say what runs there (not for another machine's engine that is down)
+        local = self.docker_host is None or str(self.docker_host.base_url or "unix://").startswith("unix://")
+        if parse_gpus(self.gpus) is not None and local:
             hint = (f"This block requests GPUs (gpus={self.gpus!r}): a GPU machine without Docker can run the GPU "
                     f"deployment with the `process` infrastructure instead (see {GPU_DOCS}, \"A GPU host without "
                     "Docker\").")

@@ -13,6 +13,7 @@ docker-py is imported inside the functions: importing this module does not impor
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prefect_ml.errors import InfrastructureError
@@ -24,7 +25,7 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: float | None = None,
-                  hint: str = "") -> Any:
+                  hint: str = "", environment: Mapping[str, str] | None = None) -> Any:
     """A docker-py client that answered a ping; the caller closes it.
 
     Args:
@@ -35,6 +36,8 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
             when None).
         hint: a sentence appended to the unreachable-engine message (e.g. what a GPU block can do
             without Docker); the message stays one line.
+        environment: read instead of os.environ when `docker_host` is None (DOCKER_HOST,
+            DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), as docker-py's `from_env` does.
 
     Raises:
         InfrastructureError: the engine does not answer; the message names where it was looked for.
@@ -48,13 +51,14 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
     """
     from docker.client import from_env  # (not `docker.from_env`: a docker/ dir at the repo root shadows it for mypy)
 
-    where = engine_address(docker_host)
+    where = engine_address(docker_host, environment)
     client = None
     try:
         if docker_host is not None:
             client = docker_host.get_client()
         else:
-            client = from_env(timeout=timeout) if timeout is not None else from_env()
+            kwargs: dict[str, Any] = {"environment": dict(environment)} if environment is not None else {}
+            client = from_env(timeout=timeout, **kwargs) if timeout is not None else from_env(**kwargs)
         client.ping()
         return client
     except Exception as exc:  # DockerException, requests' ConnectionError, PermissionError
@@ -68,11 +72,12 @@ def docker_client(docker_host: DockerHost | None = None, *, who: str, timeout: f
         ) from None
 
 
-def engine_address(docker_host: DockerHost | None = None) -> str:
-    """Where the engine is looked for: the block's base_url, else DOCKER_HOST, else the local socket."""
+def engine_address(docker_host: DockerHost | None = None, environment: Mapping[str, str] | None = None) -> str:
+    """Where the engine is looked for: the block's base_url, else DOCKER_HOST (of `environment`, default
+    os.environ), else the local socket."""
     if docker_host is not None and docker_host.base_url:
         return docker_host.base_url
-    return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+    return (os.environ if environment is None else environment).get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
 def short_error(exc: BaseException) -> str:

@@ -19,7 +19,14 @@ from typing import Any
 from prefect_ml.errors import StorageError
 from prefect_ml.settings import PrefectMLSettings, get_settings
 from prefect_ml.storage.caches import caches
-from prefect_ml.storage.uri import ALIASES, canonical_protocol, carries_credentials, is_known_protocol, protocol_of
+from prefect_ml.storage.uri import (
+    ALIASES,
+    READ_ONLY_PROTOCOLS,
+    canonical_protocol,
+    carries_credentials,
+    is_known_protocol,
+    protocol_of,
+)
 
 # The cloud SDKs' variables whose values select the endpoint or identity: part of every cache key.
 CREDENTIAL_ENV = (
@@ -39,6 +46,9 @@ SECRET_PATTERNS = (
     re.compile(r"(SharedAccessSignature=)[^;\s]+", re.I),
     re.compile(r"([?&]sig=)[^&\s]+", re.I),
     re.compile(r"((?:%3F|%26)sig%3D)[^&\s%]+", re.I),  # a SAS signature inside a URL-encoded URL
+    # presigned S3 / GCS URLs (an https:// input given as a signed URL) and OAuth-style tokens in a query
+    re.compile(r"([?&](?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
+               r"|Signature|access_token|token)=)[^&\s]+", re.I),
     re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+(?=@)", re.I),  # scheme://user:PASSWORD@host
     re.compile(r"(\bs3a?://)[^/@\s]+(?=@)", re.I),  # s3://TOKEN@bucket
 )
@@ -173,6 +183,12 @@ def check_uri(uri: str) -> None:
             f"unknown URI scheme '{protocol}://' in {redact(uri)!r}; use a local path, file://, s3://, abfs:// or "
             "az:// "
             "(https:// for read-only data inputs)."
+        )
+    if carries_credentials(uri) and protocol in READ_ONLY_PROTOCOLS:
+        raise StorageError(
+            f"{protocol}:// inputs must not carry credentials (a signed URL's signature or a user:password would be "
+            "recorded in lineage, MLflow tags and logs): serve the data without them, or copy it to s3:// or abfs://, "
+            "whose credentials come from the environment."
         )
     if carries_credentials(uri):
         # user:secret@host would put a credential in the URI (and so in logs and MLflow tags)

@@ -83,18 +83,23 @@ def _http_error(exc: BaseException, shown: str, action: str) -> StorageError:
             f"cannot {action} {shown!r}: the server's TLS certificate is not trusted ({detail}). Trust its CA: "
             "point SSL_CERT_FILE at a PEM bundle that holds it (or add it to this machine's CA store)."
         )
-    status = next((getattr(c, "status", None) for c in chain if isinstance(getattr(c, "status", None), int)), None)
-    if status in (401, 403) or any(isinstance(c, PermissionError) for c in chain):
-        return StorageError(f"cannot {action} {shown!r}: the server refused it (HTTP {status or 403}); an https:// "
-                            "input is read without credentials: use a URL that needs none (e.g. a signed URL).")
-    reach = next((c for c in chain if is_connection_error(c) or "clientconnectorerror" in type(c).__name__.lower()),
-                 None)
+    http = [c for c in chain if type(c).__module__.startswith("aiohttp")]  # what the server or the network said
+    statuses = [getattr(c, "status", None) for c in http]
+    status = next((code for code in statuses if isinstance(code, int)), None)
+    if status in (401, 403):
+        return StorageError(f"cannot {action} {shown!r}: the server refused it (HTTP {status}); https:// inputs are "
+                            "read without credentials: serve the data without them, or copy it to s3:// or abfs://.")
+    if status is not None and status >= 500:
+        return StorageError(f"cannot {action} {shown!r}: the server failed (HTTP {status}); try again later.")
+    reach = next((c for c in http if "connect" in type(c).__name__.lower() or is_connection_error(c)), None)
     if reach is not None:
         return StorageError(f"cannot {action} {shown!r}: the server cannot be reached ({short_error(reach)}); "
                             "check the URL and that the server is up.")
-    why = f"HTTP {status}" if status else (f"{type(chain[-1]).__name__}: {short_error(chain[-1])}" if len(chain) > 1
-                                            else "not found")
-    return StorageError(f"cannot {action} {shown!r}: no data at this URL ({why}); check the URL.")
+    if status == 404 or (isinstance(exc, FileNotFoundError) and not http and len(chain) == 1):
+        return StorageError(f"cannot {action} {shown!r}: no data at this URL (HTTP 404); check the URL.")
+    # anything else (a timeout, a local disk or permission error while downloading) as it is
+    cause = http[0] if http else chain[-1]
+    return StorageError(f"cannot {action} {shown!r}: {type(cause).__name__}: {short_error(cause)}")
 
 
 def container_exists(uri: str) -> bool:

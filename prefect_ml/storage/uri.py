@@ -6,6 +6,7 @@ Pure string work: nothing here touches a filesystem, the network or the configur
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 KNOWN_PROTOCOLS = ("file", "local", "s3", "s3a", "abfs", "abfss", "az", "memory", "http", "https")
@@ -70,12 +71,19 @@ def is_known_protocol(uri: str) -> bool:
     return protocol_of(uri) in KNOWN_PROTOCOLS
 
 
+# a signed URL's query (an Azure SAS `sig=`, S3/GCS presigned signatures, tokens) is a credential too
+QUERY_SECRET = re.compile(r"[?&](?:sig|Signature|X-Amz-(?:Signature|Credential|Security-Token)"
+                          r"|X-Goog-(?:Signature|Credential)|access_token|token)=", re.I)
+
+
 def carries_credentials(uri: str) -> bool:
-    """Whether a remote URI has a userinfo part (`user:secret@`, or `TOKEN@` on S3), which would put
-    a credential in logs and tags. Azure's `abfs://container@account.dfs.core.windows.net` is no
-    credential (the part before '@' is the container)."""
+    """Whether a remote URI has a userinfo part (`user:secret@`, or `TOKEN@` on S3) or a signed query,
+    which would put a credential in logs, tags and lineage. Azure's
+    `abfs://container@account.dfs.core.windows.net` is no credential (the part before '@' is the container)."""
     if "://" not in uri or is_local(uri):
         return False
+    if QUERY_SECRET.search(uri):
+        return True
     netloc = uri.split("://", 1)[1].split("/", 1)[0]
     if "@" not in netloc:
         return False

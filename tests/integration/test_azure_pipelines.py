@@ -225,3 +225,25 @@ def test_https_input_over_tls_needs_its_ca_trusted_then_runs(env, https_data, tm
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     outputs = json.loads(done.stdout[done.stdout.index("{\n"):])
     assert (storage.local_path(outputs["copied"]) / "remote.csv").read_text() == "x,y\n1,2\n"
+
+
+def test_the_step_that_failed_first_is_the_runs_error_not_the_first_submitted(env):
+    """Two failing steps: `slow_fail`, submitted first, fails after 3 s; `quick_fail` fails at once. The run's
+    error is quick_fail's (it failed first), and no step starts after it."""
+    from prefect_ml import Input, command, pipeline
+
+    code = FIXTURES / "components" / "inspect"
+    slow_fail = command(name="slow_fail", code=code, inputs={"s": Input(type="number")},
+                        command="python -c \"import sys, time; time.sleep(float(sys.argv[1])); sys.exit('slow')\" "
+                                "${{inputs.s}}")
+    quick_fail = command(name="quick_fail", code=code, command="python -c \"import sys; sys.exit('quick')\"")
+
+    @pipeline(continue_on_step_failure=False, cache=False)
+    def two_failures():
+        slow_fail(s=3)
+        quick_fail()
+
+    state = two_failures(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StepFailed, match=r"^step .quick_fail. failed"):
+        state.result()

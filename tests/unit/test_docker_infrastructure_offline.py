@@ -42,6 +42,12 @@ def test_unreachable_engine_for_a_gpu_block_points_at_the_process_infrastructure
         assert "requests GPUs (gpus='all')" in msg and "without Docker" in msg
         assert "`process` infrastructure" in msg and 'docs/gpu.md, "A GPU host without Docker"' in msg
         assert "\n" not in msg and err.value.__cause__ is None
+    # another machine's engine that is down: that machine may well have Docker; no process hint
+    remote = DockerStepInfrastructure(gpus="all", docker_host=DockerHost(base_url="tcp://127.0.0.1:1"))
+    with pytest.raises(InfrastructureError) as err:
+        remote.environment_identity("pytorch-gpu", tmp_path)
+    assert "cannot reach the Docker engine at tcp://127.0.0.1:1" in str(err.value)
+    assert "`process` infrastructure" not in str(err.value)
 
 
 @pytest.mark.parametrize("gpus", ["lots", 0, -1, True, "0,x"])

@@ -154,3 +154,57 @@ def test_caches_clear_resets_every_cache(tmp_path):
     assert storage.filesystem("memory://bucket/x")[0] is not fs
     assert storage.transfer_stats() == storage.TransferStats()
     assert storage.fingerprint(str(f)).startswith("sha256:")
+
+
+@pytest.mark.parametrize("uri", [
+    "https://b.s3.amazonaws.com/k.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeef",
+    "https://acct.blob.core.windows.net/c/data.csv?sv=2024&sig=abc%3D",
+    "https://storage.googleapis.com/b/o?X-Goog-Signature=abc",
+    "https://example.org/data.csv?token=abc",
+    "https://user:pw@example.org/data.csv",
+])
+def test_https_inputs_carrying_credentials_are_refused_and_never_shown(uri):
+    from prefect_ml.errors import StorageError
+    from prefect_ml.storage.credentials import check_uri
+
+    with pytest.raises(StorageError, match=r"^https:// inputs must not carry credentials") as err:
+        check_uri(uri)
+    assert "deadbeef" not in str(err.value) and "abc" not in str(err.value) and "pw" not in str(err.value)
+    assert "deadbeef" not in storage.redact(uri) and "sig=abc" not in storage.redact(uri)
+
+
+def test_plain_https_and_abfs_container_uris_carry_no_credentials():
+    from prefect_ml.storage.credentials import check_uri
+
+    check_uri("https://example.org/data.csv?version=3")
+    check_uri("abfs://container@account.dfs.core.windows.net/path")
+
+
+def test_http_errors_say_what_the_server_or_network_said():
+    """fsspec raises FileNotFoundError for every HTTP failure; the cause (aiohttp's error) decides the message.
+    A local error while downloading (a full disk) is shown as it is, never as an HTTP refusal."""
+    import aiohttp
+
+    from prefect_ml.storage.locations import storage_error
+
+    def wrapped(cause: BaseException) -> FileNotFoundError:
+        try:
+            raise FileNotFoundError("https://example.org/x.csv") from cause
+        except FileNotFoundError as exc:
+            return exc
+
+    def response_error(status: int) -> aiohttp.ClientResponseError:
+        from multidict import CIMultiDict, CIMultiDictProxy
+        from yarl import URL
+
+        info = aiohttp.RequestInfo(URL(url), "GET", CIMultiDictProxy(CIMultiDict()), URL(url))
+        return aiohttp.ClientResponseError(request_info=info, history=(), status=status)
+
+    url = "https://example.org/x.csv"
+    assert "HTTP 404" in str(storage_error(wrapped(response_error(404)), url, "read"))
+    assert "the server failed (HTTP 503)" in str(storage_error(wrapped(response_error(503)), url, "read"))
+    assert "refused it (HTTP 403)" in str(storage_error(wrapped(response_error(403)), url, "read"))
+    disk = str(storage_error(OSError(28, "No space left on device"), url, "read"))
+    assert "No space left on device" in disk and "HTTP" not in disk
+    local = str(storage_error(PermissionError(13, "Permission denied"), url, "read"))
+    assert "Permission denied" in local and "refused" not in local
