@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import shlex
 import threading
 import warnings
 from collections.abc import Mapping
@@ -597,7 +598,8 @@ def load_component(path: str | Path | None = None, *, source: str | Path | None 
     """
     if (path is None) == (source is None):
         raise ComponentError("load_component: give the YAML file's path (or source=...), once.")
-    path = Path(path if path is not None else str(source)).expanduser().resolve()
+    given = str(path if path is not None else source)
+    path = Path(given).expanduser().resolve()
     if not path.is_file():
         raise ComponentError(f"component file {str(path)!r} does not exist; check the path.")
     source_text = path.read_text()
@@ -606,8 +608,8 @@ def load_component(path: str | Path | None = None, *, source: str | Path | None 
         raise ComponentError(f"{path}: expected a mapping of component keys (name, command, inputs, ...).")
     if raw.get("type") == "pipeline" or "jobs" in raw:
         raise ComponentError(f"{path} is a pipeline YAML (type: pipeline, jobs:), not a component: load it with "
-                             f"prefect_ml.load_pipeline_yaml({path.name!r}) or run it with "
-                             f"`prefect-ml run {path.name}`.")
+                             f"prefect_ml.load_pipeline_yaml({given!r}) or run it with "
+                             f"`prefect-ml run {shlex.quote(given)}`.")
     lines = {m.group(1): n for n, text in enumerate(source_text.splitlines(), 1)
              if (m := re.match(r"^([A-Za-z_$][\w$]*)\s*:", text))}
     return component_from_mapping(raw, path, lines=lines)

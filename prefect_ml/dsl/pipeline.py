@@ -470,24 +470,28 @@ def pipeline(
                         f"{AZURE_PIPELINE_KWARGS[key]}.")
     compute = [(k, str(v)) for k, v in (("default_compute", default_compute), ("compute", azure.get("compute")))
                if v is not None]
+    given = "infrastructure"
     for key, value in compute:
         value = value.removeprefix("azureml:")  # the Azure name of a compute target: a block name here
         if infrastructure is not None and infrastructure != value:
-            raise TypeError(f"@pipeline: give infrastructure= or {key}= (the Azure ML SDK's name for it), "
-                            f"not both ({infrastructure!r} vs {value!r}).")
-        infrastructure = value
+            raise TypeError(f"@pipeline: {given}= and {key}= name the same thing (the infrastructure) differently "
+                            f"({infrastructure!r} vs {value!r}); give one of them.")
+        infrastructure, given = value, key
     if "experiment_name" in azure:
         if experiment is not None and experiment != azure["experiment_name"]:
             raise TypeError("@pipeline: give experiment= or experiment_name= (the Azure ML SDK's name for it), "
                             f"not both ({experiment!r} vs {azure['experiment_name']!r}).")
         experiment = str(azure["experiment_name"])
-    if azure.get("force_rerun"):
-        cache = False
+    if "force_rerun" in azure:
+        if not isinstance(azure["force_rerun"], bool):
+            raise TypeError(f"@pipeline(force_rerun=...) must be True or False, got {azure['force_rerun']!r}.")
+        cache = cache and not azure["force_rerun"]
     if "display_name" in azure:  # Azure: the run's name in the studio (adjective-noun if omitted), as here
         if "flow_run_name" in flow_kwargs:
             raise TypeError("@pipeline: give flow_run_name= or display_name= (the Azure ML SDK's name for it), "
                             "not both.")
-        flow_kwargs["flow_run_name"] = str(azure["display_name"])
+        # Prefect formats flow_run_name with the parameters: braces in an Azure display name are literal
+        flow_kwargs["flow_run_name"] = str(azure["display_name"]).replace("{", "{{").replace("}", "}}")
     options = PipelineOptions(infrastructure=infrastructure, cache=cache, experiment=experiment,
                               artifact_root=artifact_root, continue_on_step_failure=continue_on_step_failure)
     runner = PipelineTaskRunner(task_runner)  # an unknown name fails here, at decoration

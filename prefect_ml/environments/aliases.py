@@ -187,8 +187,9 @@ def materialize_inline(raw: Mapping[str, Any], base_dir: Path) -> str:
 
 
 def _inline_build(raw: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
-    """The spec of an inline `build:` environment (its context checked: a folder with the Dockerfile)."""
-    from prefect_ml.environments.spec import BUILD_KEYS, DEFAULT_DOCKERFILE, context_digest, dockerfile_base
+    """The spec of an inline `build:` environment, its `build` checked by `spec.check_build` (relative to
+    `base_dir`, the YAML file's folder); the caller adds the component file and line to the error."""
+    from prefect_ml.environments.spec import check_build
 
     for other, fix in (("image", "keep 'build' to build the Dockerfile, or 'image' to use an image as it is"),
                        ("conda_file", "install the conda packages with RUN in the Dockerfile, or use 'image' + "
@@ -196,42 +197,11 @@ def _inline_build(raw: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
         if raw.get(other) is not None:
             raise EnvironmentSpecError(f"inline environment: 'build' and '{other}' cannot both be given (in Azure ML "
                                        f"too): {fix}.")
-    build = raw["build"]
-    if not isinstance(build, Mapping):
-        raise EnvironmentSpecError("inline environment: 'build' must be a mapping `{path: <folder with a "
-                                   f"Dockerfile>, dockerfile_path: Dockerfile}}`, got {build!r}.")
-    unknown = sorted(set(build) - BUILD_KEYS)
-    if unknown:
-        raise EnvironmentSpecError(f"inline environment: unknown key(s) {unknown} in 'build'; allowed: "
-                                   f"{sorted(BUILD_KEYS)}.")
-    path = build.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise EnvironmentSpecError("inline environment: 'build' needs 'path', the folder of the Docker build "
-                                   f"context (relative to the YAML file), got {path!r}.")
-    if "://" in path or path.startswith("git@"):
-        raise EnvironmentSpecError(f"inline environment: build path {path!r} is not a local folder; only a local "
-                                   "build context is built here (clone it and point build.path at the folder).")
-    context = (base_dir / Path(path).expanduser()).resolve()
-    if not context.is_dir():
-        raise EnvironmentSpecError(f"inline environment: build path {path!r} is not a folder ({context}); create the "
-                                   "build context there or fix the path (relative to the YAML file).")
-    dockerfile = build.get("dockerfile_path", DEFAULT_DOCKERFILE)
-    if not isinstance(dockerfile, str) or not dockerfile.strip() or Path(dockerfile).is_absolute():
-        raise EnvironmentSpecError("inline environment: build.dockerfile_path must be a file name relative to the "
-                                   f"build context, got {dockerfile!r}.")
-    file = (context / dockerfile).resolve()
-    if not file.is_relative_to(context):
-        raise EnvironmentSpecError(f"inline environment: build.dockerfile_path {dockerfile!r} is outside the build "
-                                   f"context {context}; keep the Dockerfile in it.")
-    if not file.is_file():
-        raise EnvironmentSpecError(f"inline environment: the Dockerfile {dockerfile!r} does not exist in the build "
-                                   f"context ({context / dockerfile}); create it or fix build.dockerfile_path.")
-    try:  # now, in the YAML's terms: a FROM prefect-ml cannot use, a link out of the context, a context too big
-        dockerfile_base(file)
-        context_digest(context, who="inline environment")
-    except EnvironmentSpecError as exc:
-        raise EnvironmentSpecError(str(exc) if str(exc).startswith("inline environment") else
-                                   f"inline environment: {exc}") from None
+
+    def error(message: str, *keys: str) -> EnvironmentSpecError:
+        return EnvironmentSpecError(f"inline environment: key 'build': {message}")
+
+    context, dockerfile = check_build(raw["build"], base_dir, error)
     return {"build": {"path": str(context), "dockerfile_path": dockerfile},
             "description": f"inline environment (Dockerfile {context / dockerfile})"}
 

@@ -165,7 +165,11 @@ def image_hash(env: Environment, base_image_id: str) -> str:
 
 def image_tag(env: Environment, base_image_id: str) -> str:
     """`prefect-ml/<name>:<image hash[:16]>`."""
-    return f"{IMAGE_REPO}/{env.name}:{image_hash(env, base_image_id)[:16]}"
+    return _tag(env, image_hash(env, base_image_id))
+
+
+def _tag(env: Environment, content: str) -> str:
+    return f"{IMAGE_REPO}/{env.name}:{content[:16]}"
 
 
 def content_hash(env: str | Environment, base_image_id: str | None = None, start: Path | None = None) -> str:
@@ -264,13 +268,14 @@ def ensure_image(
     log = log or (lambda line: None)
     base = env.resolved_base_image()
     base_id = base_image_id(client, base, pull_policy, credentials, log, who=f"environment '{env.name}'")
-    tag = image_tag(env, base_id)
+    content = image_hash(env, base_id)  # once: for a `build:` environment it reads the whole build context
+    tag = _tag(env, content)
     if _image_exists(client, tag):
         return tag
     with build_lock(tag):
         if _image_exists(client, tag):  # built meanwhile by another step or process
             return tag
-        _build(client, env, base, tag, base_id, log)
+        _build(client, env, base, content, base_id, log)
     return tag
 
 
@@ -284,13 +289,15 @@ def _image_exists(client, tag: str) -> bool:
         return False
 
 
-def _build(client, env: Environment, base: str, tag: str, base_id: str, log: Log) -> None:
+def _build(client, env: Environment, base: str, content: str, base_id: str, log: Log) -> None:
+    """Build the image of `content` (its `image_hash`, computed by the caller) and tag it."""
     started = time.monotonic()
+    tag = _tag(env, content)
     user_dockerfile = env.dockerfile_path
     what = f" from {user_dockerfile}" if user_dockerfile is not None else ""
     log(f"building image {tag} for environment '{env.name}' (version {env.version}) on {base}{what} ...")
     labels = {"prefect-ml.environment": env.name, "prefect-ml.environment-version": env.version,
-              "prefect-ml.environment-hash": image_hash(env, base_id), "prefect-ml.base-image": base}
+              "prefect-ml.environment-hash": content, "prefect-ml.base-image": base}
     tail: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prefect-ml-build-") as tmp:
         if env.build_context is not None:  # the user's context and Dockerfile, as they are
@@ -313,18 +320,21 @@ def _build(client, env: Environment, base: str, tag: str, base_id: str, log: Log
                     del tail[:-30]
                     log(line)
     if error or not _image_exists(client, tag):
-        last = "\n".join(tail[-15:])
-        fix = (f"Fix the Dockerfile {user_dockerfile} at the step named above; its FROM must be a local image (no "
+        last = tail[-1].strip()[:300] if tail else ""  # the whole output went to `log` above
+        why = (error or "no image was produced").strip().splitlines()[0]
+        fix = (f"Fix the Dockerfile {user_dockerfile} at the step the log names; its FROM must be a local image (no "
                "pulls), and a RUN that downloads needs the network (builds use network mode host)"
                if user_dockerfile is not None else
-               "Fix the requirements (or apt packages) named above; behind a TLS-inspecting proxy set "
+               "Fix the requirements (or apt packages) the log names; behind a TLS-inspecting proxy set "
                "PREFECT_ML_BUILD_CA_BUNDLE to its CA bundle")
         raise EnvironmentSpecError(
-            f"building environment '{env.name}' ({env.spec_file}) failed: {error or 'no image was produced'}\n"
-            f"last build lines:\n{last}\n{fix}."
+            f"building environment '{env.name}' ({env.spec_file}) failed: {why}"
+            + (f" (last build line: {last!r})" if last and last not in why else "")
+            + f"; the build's output is in the log. {fix}."
         )
-    if user_dockerfile is not None and image_tag(env, base_id) != tag:
+    if user_dockerfile is not None and image_hash(env, base_id) != content:
         # the context changed while it was being built: the tag would name content it was not built from
+        # (the one other read of the context per build; docker-py's tar of it is the third)
         client.images.remove(tag, force=True)
         raise EnvironmentSpecError(
             f"environment '{env.name}': the build context {env.build_context} changed while its image was being "

@@ -17,8 +17,9 @@ or, an image built from a Dockerfile (Azure ML's `build:`; it is the whole image
     build: {path: docker-context, dockerfile_path: Dockerfile}   # dockerfile_path: in the context
 
 Content hash. `Environment.spec_hash` is sha256 over the parsed spec and every file in the
-environment's dir (so `-r other.txt` includes are covered), and for a `build:` environment every file
-of the build context (`context_digest`). It is the same on every infrastructure.
+environment's dir (so `-r other.txt` includes are covered), and for a `build:` environment what
+`docker build` sends of the build context (its `.dockerignore` applied: `context_digest`). It is the
+same on every infrastructure.
 The image's hash adds the base image's id and the build recipe (`image_content_hash`, called by
 `prefect_ml.environments.image`); the venv's key adds the host interpreter (`...environments.venv`).
 
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +51,10 @@ BUILD_KEYS = {"path", "dockerfile_path"}
 DEFAULT_DOCKERFILE = "Dockerfile"
 # what a Dockerfile environment's image is made of, beyond base_image: the whole image is the user's
 EXCLUSIVE_WITH_BUILD = ("base_image", "requirements", "conda", "apt")
-# A build context is like a code dir: these bounds stop `path: /` (or a data folder) from hashing a disk.
+# A build context is like a code dir: these bounds (on what Docker would send of it, `.dockerignore` applied)
+# stop `path: /` (or a data folder) from hashing a disk.
 MAX_CONTEXT_FILES = 20_000
 MAX_CONTEXT_BYTES = 512 * 2**20
-CONTEXT_SKIP_DIRS = {".git", "__pycache__"}
 # An environment's name becomes a Docker image repository, so it follows Docker's rule (lowercase),
 # not the general `prefect_ml._util.NAME_PATTERN`.
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -104,10 +106,13 @@ class Environment:
             "requirements": self.requirements, "conda": self.conda, "apt": list(self.apt), "gpu": self.gpu,
         }
         if self.build_context is not None:  # only then: the hashes of other environments stay as they were
+            # reads the whole context (up to MAX_CONTEXT_BYTES): callers compute this once per build or step
             spec["build"] = {"dockerfile_path": self.dockerfile,
-                             "context": context_digest(self.build_context, who=f"environment '{self.name}'")}
+                             "context": context_digest(self.build_context, self.dockerfile,
+                                                       who=f"environment '{self.name}' ({self.spec_file})")}
         h.update(json.dumps(spec, sort_keys=True).encode())
-        for path in env_files(self.directory):
+        # a build context inside the environment dir (`path: ctx`, `path: .`) is covered above, as Docker sends it
+        for path in env_files(self.directory, skip=self.build_context):
             h.update(b"\0" + str(path.relative_to(self.directory)).encode() + b"\0" + path.read_bytes())
         return h.hexdigest()
 
@@ -138,79 +143,137 @@ def base_image_setting() -> str:
     return get_settings().base_image or DEFAULT_BASE_IMAGE
 
 
-def env_files(directory: Path) -> list[Path]:
-    """The files of an environment dir that are its content (sorted; caches and dotfiles left out)."""
+def env_files(directory: Path, skip: Path | None = None) -> list[Path]:
+    """The files of an environment dir that are its content (sorted; caches and dotfiles left out; with
+    `skip`, a build context, nothing of that folder: its content is hashed as Docker sends it)."""
+    if skip is not None and directory.resolve().is_relative_to(skip):
+        return []
     files = []
     for root, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_FILES and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_FILES and not d.startswith(".")
+                         and (skip is None or (Path(root) / d).resolve() != skip))
         for n in sorted(names):
             if n not in SKIP_FILES and not n.endswith((".pyc", ".pyo")):
                 files.append(Path(root) / n)
     return files
 
 
-def context_digest(context: Path, *, who: str = "environment") -> str:
-    """sha256 over every file's relative path and bytes in a Docker build context (`.git` and bytecode
-    caches left out), bounded like a code dir.
+def dockerignore_patterns(context: Path) -> list[str]:
+    """The patterns of the context's `.dockerignore`, read as docker-py's `APIClient.build` reads them
+    (each line stripped; blank lines and `#` comments dropped); [] without the file."""
+    f = os.path.join(context, ".dockerignore")
+    if not os.path.exists(f):
+        return []
+    try:
+        with open(f) as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnvironmentSpecError(f"the .dockerignore of the build context {context} cannot be read ({exc}); fix or "
+                                   "remove it.") from None
+    return [line for line in (raw.strip() for raw in lines) if line and line[0] != "#"]
 
-    A symlink that stays inside the context is followed; one that leads out of it is an error (Docker
-    sends the link, not what it points at, so the image would not be what was hashed). Special files
-    (FIFOs, devices, sockets) are refused instead of read, so hashing never blocks.
+
+def context_files(context: Path, dockerfile: str | None = None, *, who: str | None = None) -> list[tuple[str, str]]:
+    """What `docker build` sends of a build context, sorted: (path relative to the context, kind), kind
+    'dir', 'link' or 'file'. No file is read: this is the load-time check, and what `context_digest` hashes.
+
+    The context's `.dockerignore` applies with Docker's rules (docker-py's own matcher), and the Dockerfile
+    and `.dockerignore` are always sent, as docker-py does. Bounded like a code dir (the files and links
+    sent; an ignored folder is not even walked). A symlink is sent as a link (a folder link is not
+    entered); one that leads out of the context is an error, since the image would not hold what it
+    points at. Special files (FIFOs, devices, sockets) are refused, so hashing never blocks.
     """
     import stat
 
+    prefix = f"{who}: " if who else ""
     context = Path(context)
     if not context.is_dir():
-        raise EnvironmentSpecError(f"{who}: the build context {context} is not a folder (any more); create it or fix "
+        raise EnvironmentSpecError(f"{prefix}the build context {context} is not a folder (any more); create it or fix "
                                    "build.path.")
     root = context.resolve()
-    h = hashlib.sha256()
-    seen: set[Path] = set()
+    entries: list[tuple[str, str]] = []
     n_files = n_bytes = 0
-
-    def rel(p: Path) -> str:
-        return str(p.relative_to(context))
-
-    def outside(p: Path, target: Path) -> EnvironmentSpecError:
-        return EnvironmentSpecError(
-            f"{who}: {rel(p)!r} in the build context {context} links to {str(target)!r}, outside the context; "
-            "copy it into the context (Docker sends the link, not what it points at)."
-        )
-
-    for dirpath, dirs, names in os.walk(context, followlinks=True):
-        here = Path(dirpath)
-        real = here.resolve()
-        if not real.is_relative_to(root):
-            raise outside(here, real)
-        if real in seen:  # a link loop or a second link to the same folder: hash it once
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if d not in CONTEXT_SKIP_DIRS)
-        for name in sorted(names):
-            if name.endswith((".pyc", ".pyo")):
+    try:
+        for rel in _sent_paths(root, dockerfile):
+            p = root / rel
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                entries.append((rel, "dir"))
                 continue
-            p = here / name
-            target = p.resolve()
-            if not target.is_relative_to(root):
-                raise outside(p, target)
-            try:
-                st = os.stat(p)
-            except FileNotFoundError:  # a dangling link: nothing a build could read
-                h.update(f"{rel(p)}\0<dangling>\0".encode())
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                raise EnvironmentSpecError(f"{who}: {rel(p)!r} in the build context {context} is not a regular file "
-                                           "(a FIFO, socket or device); remove it from the context.")
+            if stat.S_ISLNK(st.st_mode):
+                target = Path(os.path.realpath(p))  # no error for a dangling link or a loop
+                if not target.is_relative_to(root):
+                    raise EnvironmentSpecError(
+                        f"{prefix}{rel!r} in the build context {context} links to {str(target)!r}, outside the "
+                        "context; copy it into the context (Docker sends the link, not what it points at), or list "
+                        "it in the context's .dockerignore."
+                    )
+                entries.append((rel, "link"))
+            elif stat.S_ISREG(st.st_mode):
+                n_bytes += st.st_size
+                entries.append((rel, "file"))
+            else:
+                raise EnvironmentSpecError(f"{prefix}{rel!r} in the build context {context} is not a regular file "
+                                           "(a FIFO, socket or device); remove it from the context or list it in "
+                                           "its .dockerignore.")
             n_files += 1
-            n_bytes += st.st_size
             if n_files > MAX_CONTEXT_FILES or n_bytes > MAX_CONTEXT_BYTES:
                 raise EnvironmentSpecError(
-                    f"{who}: the build context {context} holds more than {MAX_CONTEXT_FILES} files or "
-                    f"{MAX_CONTEXT_BYTES // 2**20} MiB; point build.path at a folder with the Dockerfile and what it "
-                    "COPYs, not at a data or home folder."
+                    f"{prefix}the build context {context} holds more than {MAX_CONTEXT_FILES} files or "
+                    f"{MAX_CONTEXT_BYTES // 2**20} MiB that Docker would send; list data and output folders in its "
+                    ".dockerignore, or point build.path at a folder with the Dockerfile and what it COPYs, not at a "
+                    "data or home folder."
                 )
-            h.update(rel(p).encode() + b"\0" + p.read_bytes() + b"\0")
+    except OSError as exc:
+        raise EnvironmentSpecError(f"{prefix}the build context {context} cannot be read ({exc}); fix its permissions "
+                                   "or list the path in its .dockerignore.") from None
+    return sorted(entries)
+
+
+def _sent_paths(root: Path, dockerfile: str | None) -> Iterator[str]:
+    """The paths (relative to `root`, files and folders) `docker build` sends of the context, lazily."""
+    patterns = dockerignore_patterns(root)
+    if not patterns:  # nothing ignored: every path, folder links not entered (as docker-py), without importing it
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        for dirpath, dirs, names in os.walk(root, onerror=fail):
+            for n in (*dirs, *names):
+                yield os.path.relpath(os.path.join(dirpath, n), root)
+        return
+    # docker.utils.build.exclude_paths(root, patterns, dockerfile) is exactly
+    # `set(PatternMatcher(patterns + ["!" + dockerfile]).walk(root))`, the list `docker build` tars (its
+    # `.dockerignore` and Dockerfile always sent); its generator is used so that the bounds stop early
+    from docker.utils.build import PatternMatcher
+
+    yield from PatternMatcher([*patterns, f"!{dockerfile or DEFAULT_DOCKERFILE}"]).walk(str(root))
+
+
+def context_digest(context: Path, dockerfile: str | None = None, *, who: str | None = None) -> str:
+    """sha256 over exactly what `docker build` sends of a build context (`context_files`): each path,
+    a folder as such, a link as its target text, a file as its executable bit, size and bytes.
+
+    This reads every file sent (up to `MAX_CONTEXT_BYTES`): `Environment.spec_hash` calls it once per call.
+    """
+    h = hashlib.sha256()
+    root = Path(context).resolve()
+    prefix = f"{who}: " if who else ""
+    for rel, kind in context_files(context, dockerfile, who=who):
+        p = root / rel
+        try:
+            if kind == "dir":
+                h.update(b"D\0" + rel.encode() + b"\0")
+            elif kind == "link":
+                h.update(b"L\0" + rel.encode() + b"\0" + os.readlink(p).encode() + b"\0")
+            else:
+                with open(p, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    h.update(f"F\0{rel}\0{'x' if st.st_mode & 0o111 else '-'}\0{st.st_size}\0".encode())
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+        except OSError as exc:
+            raise EnvironmentSpecError(f"{prefix}{rel!r} in the build context {context} cannot be read ({exc}); it "
+                                       "may have changed meanwhile: run again.") from None
     return h.hexdigest()
 
 
@@ -410,6 +473,8 @@ def parse_spec(spec_file: Path) -> Environment:
         raise EnvironmentSpecError(f"{at('base_image')}: key 'base_image' must be an image name or null, "
                                    f"got {base_image!r}.")
     # neither requirements nor conda is allowed: a bare base image (a prebuilt image that has everything)
+    # `build` first: with it, a `requirements` key is an error of its own, whether its file exists or not
+    context, dockerfile = _build_key(raw, spec_file, where) if "build" in raw else (None, None)
     requirements = _file_key(raw, "requirements", spec_file)
     conda = _file_key(raw, "conda", spec_file)
     apt = raw.get("apt") or []
@@ -423,7 +488,6 @@ def parse_spec(spec_file: Path) -> Environment:
     conda_pip: tuple[str, ...] = ()
     if conda:
         conda_pip = tuple(conda_pip_requirements(directory / conda))
-    context, dockerfile = _build_key(raw, spec_file, where) if "build" in raw else (None, None)
     return Environment(
         name=name, version=str(version), directory=directory, base_image=base_image, requirements=requirements,
         conda=conda, apt=tuple(apt), gpu=gpu, description=str(raw.get("description") or ""), conda_pip=conda_pip,
@@ -451,16 +515,7 @@ def _key_line(spec_file: Path, *keys: str) -> str:
 
 
 def _build_key(raw: dict, spec_file: Path, where: str) -> tuple[Path, str]:
-    """Validate `build: {path, dockerfile_path}`: (the build context, absolute; the Dockerfile in it)."""
-    directory = spec_file.parent
-
-    def error(message: str, *keys: str) -> EnvironmentSpecError:
-        return EnvironmentSpecError(f"{where}{_key_line(spec_file, 'build', *keys)}: key 'build': {message}")
-
-    build = raw["build"]
-    if not isinstance(build, dict):
-        raise error(f"must be a mapping `{{path: <folder with a Dockerfile>, dockerfile_path: Dockerfile}}`, got "
-                    f"{build!r}.")
+    """Validate `build:` of an environment.yaml (`check_build`), errors naming the file and the key's line."""
     both = [k for k in EXCLUSIVE_WITH_BUILD if raw.get(k) not in (None, [], "")]
     if both:
         raise EnvironmentSpecError(
@@ -468,17 +523,37 @@ def _build_key(raw: dict, spec_file: Path, where: str) -> tuple[Path, str]:
             f"is the whole image (its FROM is the base image; install packages with RUN in it); drop '{both[0]}' or "
             "drop 'build'."
         )
+
+    def error(message: str, *keys: str) -> EnvironmentSpecError:
+        return EnvironmentSpecError(f"{where}{_key_line(spec_file, 'build', *keys)}: key 'build': {message}")
+
+    return check_build(raw["build"], spec_file.parent, error)
+
+
+def check_build(build: object, base_dir: Path, error: Callable[..., EnvironmentSpecError]) -> tuple[Path, str]:
+    """Validate a `build: {path, dockerfile_path}` mapping (environment.yaml's or an inline Azure one's):
+    returns (the build context, absolute; the Dockerfile, relative to it).
+
+    `base_dir` is what `path` is relative to. `error(message, *keys)` makes the caller's error: it adds
+    where (the file and the line of `build` / `build.<key>`). Checked here: the keys, a local folder, the
+    Dockerfile in it, its FROM (`dockerfile_base`) and what Docker would send of the context
+    (`context_files`: bounds, links out, special files; no file is read). The content hash is
+    `context_digest`, computed by `Environment.spec_hash`, not here.
+    """
+    if not isinstance(build, Mapping):
+        raise error(f"must be a mapping `{{path: <folder with a Dockerfile>, dockerfile_path: Dockerfile}}`, got "
+                    f"{build!r}.")
     unknown = sorted(set(build) - BUILD_KEYS)
     if unknown:
         raise error(f"unknown key(s) {unknown}; allowed: {sorted(BUILD_KEYS)}.", unknown[0])
     path = build.get("path")
     if not isinstance(path, str) or not path.strip():
-        raise error(f"'path' must be the folder of the Docker build context (relative to {directory}), got {path!r}.",
+        raise error(f"'path' must be the folder of the Docker build context (relative to {base_dir}), got {path!r}.",
                     "path")
     if "://" in path or path.startswith("git@"):
         raise error(f"path {path!r} is not a local folder; only a local build context is built here (clone it and "
                     "point build.path at the folder).", "path")
-    context = (directory / Path(path).expanduser()).resolve()
+    context = (base_dir / Path(path).expanduser()).resolve()
     if not context.is_dir():
         raise error(f"path {path!r} is not a folder ({context}); create the build context there or fix build.path.",
                     "path")
@@ -491,11 +566,12 @@ def _build_key(raw: dict, spec_file: Path, where: str) -> tuple[Path, str]:
         raise error(f"dockerfile_path {dockerfile!r} is outside the build context {context}; keep the Dockerfile "
                     "in it.", "dockerfile_path")
     if not file.is_file():
-        raise error(f"the Dockerfile {dockerfile!r} does not exist in the build context ({file}); create it or fix "
-                    "build.dockerfile_path.", "dockerfile_path" if "dockerfile_path" in build else "path")
-    try:  # at load: a FROM prefect-ml cannot use, a link out of the context, a context too big
+        raise error(f"the Dockerfile {dockerfile!r} does not exist in the build context ({context / dockerfile}); "
+                    "create it or fix build.dockerfile_path.", "dockerfile_path" if "dockerfile_path" in build
+                    else "path")
+    try:  # at load: a FROM prefect-ml cannot use; a link out of the context, a context too big (no file read)
         dockerfile_base(file)
-        context_digest(context, who=f"environment '{directory.name}'")
+        context_files(context, dockerfile)
     except EnvironmentSpecError as exc:
         raise error(str(exc)) from None
     return context, dockerfile

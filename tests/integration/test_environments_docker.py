@@ -80,6 +80,25 @@ def test_missing_base_image_with_pull_policy_never(envs, docker_client):
 
 
 
+def test_a_failing_build_is_one_line_with_its_last_build_line(envs, docker_client):
+    """The whole build output goes to the log; the error is one line: what failed, its last line, the fix."""
+    from prefect_ml.environments import ensure_image, load_environment
+    from prefect_ml.errors import EnvironmentSpecError
+
+    base = os.environ.get("PREFECT_ML_BASE_IMAGE") or DEFAULT_BASE_IMAGE
+    d = make_env(envs, "brokenbuild", "name: brokenbuild\nbuild: {path: ctx}\n")
+    (d / "ctx").mkdir()
+    (d / "ctx" / "Dockerfile").write_text(f"FROM {base}\nRUN echo about to fail && exit 3\n")
+    lines: list[str] = []
+    with pytest.raises(EnvironmentSpecError) as err:
+        ensure_image(load_environment("brokenbuild"), docker_client, pull_policy="never", log=lines.append)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("building environment 'brokenbuild'") and "failed: " in msg
+    assert "non-zero code: 3" in msg and "Fix the Dockerfile" in msg
+    assert any("about to fail" in line for line in lines)  # the output went to the log
+    assert not docker_client.images.list(name="prefect-ml/brokenbuild")
+
+
 def test_dockerfile_environment_builds_runs_a_step_is_reused_and_rebuilds_on_change(envs, docker_client, tmp_path):
     """An Azure component with `environment: {build: {path: ./docker}}`: the Dockerfile (FROM the local base
     image) is built through the Docker infrastructure and the step runs in it; a second run finds the tag

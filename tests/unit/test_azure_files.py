@@ -362,7 +362,7 @@ def test_sdk_spellings():
     from prefect_ml.dsl.pipeline import definition_of
 
     assert definition_of(p).options.infrastructure == "cpu" and p.description == "Azure spelling"
-    with pytest.raises(TypeError, match="not both"):
+    with pytest.raises(TypeError, match="name the same thing"):
         pipeline(lambda: None, infrastructure="gpu", default_compute="cpu")
 
 
@@ -401,12 +401,14 @@ def test_dockerfile_build_problems_fail_at_load_with_file_line_and_what_to_use(t
         ("{build: {path: ./docker}, conda_file: ./conda.yml}",
          r"'build' and 'conda_file' cannot both be given \(in Azure ML too\): install the conda packages with RUN "
          r"in the Dockerfile"),
-        ("{build: {path: ./nope}}", r"build path './nope' is not a folder \(.*nope\); create the build context there"),
+        ("{build: {path: ./nope}}",
+         r"key 'build': path './nope' is not a folder \(.*nope\); create the build context there"),
         ("{build: {path: ./docker, dockerfile_path: gpu.Dockerfile}}",
-         r"the Dockerfile 'gpu.Dockerfile' does not exist in the build context \(.*docker/gpu.Dockerfile\); create "
-         r"it or fix build.dockerfile_path\.$"),
-        ("{build: {path: ./docker, target: x}}", r"unknown key\(s\) \['target'\] in 'build'"),
-        ("{build: ./docker}", r"'build' must be a mapping"),
+         r"key 'build': the Dockerfile 'gpu.Dockerfile' does not exist in the build context "
+         r"\(.*docker/gpu.Dockerfile\); create it or fix build.dockerfile_path\.$"),
+        ("{build: {path: ./docker, target: x}}",
+         r"key 'build': unknown key\(s\) \['target'\]; allowed: \['dockerfile_path', 'path'\]"),
+        ("{build: ./docker}", r"key 'build': must be a mapping `\{path: <folder with a Dockerfile>"),
     ]
     for env, message in cases:
         p = write(tmp_path, f"""
@@ -426,8 +428,9 @@ def test_dockerfile_build_problems_fail_at_load_with_file_line_and_what_to_use(t
         load_component(p)
     (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nCOPY secret.txt /\n")
     (tmp_path / "docker" / "secret.txt").symlink_to(tmp_path / "conda.yml")
-    with pytest.raises(ComponentError, match=r"line 3: key 'environment': inline environment: 'secret.txt' in the "
-                                             r"build context .*docker links to .*conda.yml', outside the context"):
+    with pytest.raises(ComponentError, match=r"line 3: key 'environment': inline environment: key 'build': "
+                                             r"'secret.txt' in the build context .*docker links to .*conda.yml', "
+                                             r"outside the context"):
         load_component(p)
 
 

@@ -104,12 +104,13 @@ def test_a_step_of_another_process_asks_the_api_and_runs_if_it_cannot(monkeypatc
 
 
 def test_load_component_on_a_pipeline_yaml_says_what_to_use():
+    given = str(FIXTURES / "pipeline.yml")
     with pytest.raises(ComponentError) as info:
-        load_component(FIXTURES / "pipeline.yml")
+        load_component(given)
     message = str(info.value)
     assert "\n" not in message
-    assert "is a pipeline YAML" in message and "load_pipeline_yaml('pipeline.yml')" in message
-    assert "prefect-ml run pipeline.yml" in message
+    assert "is a pipeline YAML" in message and f"load_pipeline_yaml({given!r})" in message
+    assert f"prefect-ml run {given}" in message  # the path as given: it works from where it was given
 
 
 def test_load_pipeline_yaml_is_exported():
@@ -249,7 +250,8 @@ def test_default_compute_with_the_azureml_prefix_matches_infrastructure():
     f = pipeline(infrastructure="cpu", default_compute="azureml:cpu")(body)
     assert definition_of(f).options.infrastructure == "cpu"
     assert definition_of(pipeline(compute="azureml:gpu")(body)).options.infrastructure == "gpu"
-    with pytest.raises(TypeError, match=r"give infrastructure= or default_compute=.*not both \('cpu' vs 'gpu'\)"):
+    with pytest.raises(TypeError,
+                       match=r"infrastructure= and default_compute= name the same thing.*\('cpu' vs 'gpu'\); give one"):
         pipeline(infrastructure="cpu", default_compute="azureml:gpu")(body)
 
 
@@ -260,6 +262,11 @@ def test_azure_pipeline_kwargs_with_a_meaning_here_are_accepted():
     assert f.flow_run_name == "nightly"  # Azure's display name of a run, as Prefect's flow run name
     with pytest.raises(TypeError, match="give experiment= or experiment_name="):
         pipeline(experiment="a", experiment_name="b")(body)
+    # Prefect formats a flow run name with the parameters: an Azure display name's braces stay literal
+    assert pipeline(display_name="run {x}")(body).flow_run_name == "run {{x}}"
+    assert definition_of(pipeline(force_rerun=False)(body)).options.cache is True
+    with pytest.raises(TypeError, match=r"force_rerun=...\) must be True or False, got 'false'"):
+        pipeline(force_rerun="false")(body)
 
 
 @pytest.mark.parametrize("key, value, match", [

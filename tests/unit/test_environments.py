@@ -4,6 +4,7 @@ infrastructure, the CLI (image builds against the real engine: tests/integration
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 
@@ -231,9 +232,15 @@ def test_dockerfile_environment_hash_follows_every_file_of_the_context(envs):
     (d / "ctx" / "sub" / ".hidden").write_text("x")  # dotfiles count (Docker sends them)
     assert env.spec_hash() != first
     (d / "ctx" / "sub" / ".hidden").unlink()
-    (d / "ctx" / ".git").mkdir()
-    (d / "ctx" / ".git" / "HEAD").write_text("ref")  # .git does not
+    assert env.spec_hash() != first  # an empty folder is sent too
+    (d / "ctx" / "sub").rmdir()
     assert env.spec_hash() == first
+    (d / "ctx" / "hello.txt").chmod(0o755)  # the executable bit goes into the image
+    assert env.spec_hash() != first
+    (d / "ctx" / "hello.txt").chmod(0o644)
+    (d / "ctx" / ".git").mkdir()
+    (d / "ctx" / ".git" / "HEAD").write_text("ref")  # .git too, as Docker sends it, unless .dockerignore lists it
+    assert env.spec_hash() != first
 
 
 def test_dockerfile_environment_with_dockerfile_path_and_the_env_dir_as_context(envs):
@@ -323,9 +330,126 @@ def test_dockerfile_context_is_bounded(envs, monkeypatch):
 
     monkeypatch.setattr(spec, "MAX_CONTEXT_FILES", 1)
     dockerfile_env(envs, "big")  # Dockerfile + hello.txt: two files
-    with pytest.raises(EnvironmentSpecError, match=r"the build context .*ctx holds more than 1 files or 512 MiB; point "
+    with pytest.raises(EnvironmentSpecError, match=r"big/environment.yaml line 2: key 'build': the build context "
+                                                   r".*ctx holds more than 1 files or 512 MiB that Docker would send; "
+                                                   r"list data and output folders in its .dockerignore, or point "
                                                    r"build.path at a folder with the Dockerfile"):
         load_environment("big")
+
+
+def test_dockerfile_context_is_what_docker_sends_dockerignore_applied(envs, monkeypatch):
+    """The hash and the bounds cover what `docker build` sends: a folder `.dockerignore` leaves out neither
+    counts toward the bound nor changes the hash; a file that is sent does; the Dockerfile and
+    `.dockerignore` themselves are always sent (docker-py adds them back), so they count and are hashed."""
+    from prefect_ml.environments import load_environment, spec
+    from prefect_ml.errors import EnvironmentSpecError
+
+    monkeypatch.setattr(spec, "MAX_CONTEXT_FILES", 5)
+    d = dockerfile_env(envs, "azure")
+    ctx = d / "ctx"
+    (ctx / "data").mkdir()
+    for i in range(10):  # a data folder bigger than the bound
+        (ctx / "data" / f"part-{i}.csv").write_text(f"{i}\n")
+    with pytest.raises(EnvironmentSpecError, match=r"holds more than 5 files"):
+        load_environment("azure")
+    (ctx / ".dockerignore").write_text("# not sent\ndata\n\n*.log\n")
+    env = load_environment("azure")  # Dockerfile, hello.txt, .dockerignore: within the bound
+    first = env.spec_hash()
+    (ctx / "data" / "part-0.csv").write_text("rewritten\n")  # ignored: the same hash (the same image)
+    (ctx / "data" / "new").mkdir()
+    (ctx / "data" / "new" / "more.csv").write_text("x\n")
+    (ctx / "run.log").write_text("log\n")
+    (ctx / "data" / "out.txt").symlink_to("/etc/hostname")  # not sent, so not refused either
+    assert load_environment("azure").spec_hash() == first == env.spec_hash()
+    (ctx / "hello.txt").write_text("changed\n")  # sent: a new hash
+    assert env.spec_hash() != first
+    (ctx / "hello.txt").write_text("hello\n")
+    assert env.spec_hash() == first
+
+    (ctx / ".dockerignore").write_text("*\n")  # everything ignored, but Docker still sends these two
+    ignored_all = env.spec_hash()
+    assert ignored_all != first  # .dockerignore's bytes are hashed (and hello.txt is no longer sent)
+    (ctx / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nENV X=2\n")
+    assert env.spec_hash() != ignored_all  # the Dockerfile counts although `*` matches it
+    (ctx / ".dockerignore").write_text("*\n# edited\n")
+    assert env.spec_hash() not in (ignored_all, first)
+    assert [rel for rel, _ in spec.context_files(ctx, "Dockerfile")] == [".dockerignore", "Dockerfile"]
+    monkeypatch.setattr(spec, "MAX_CONTEXT_FILES", 1)  # and both count toward the bound
+    with pytest.raises(EnvironmentSpecError, match=r"holds more than 1 files"):
+        env.spec_hash()
+
+
+def test_dockerfile_context_files_are_docker_pys_own_list(tmp_path):
+    """`context_files` lists exactly what docker-py's `exclude_paths` (what `docker build` tars) lists:
+    negations, `**`, a Dockerfile in an ignored folder, a folder link (sent as a link, not entered)."""
+    from docker.utils.build import exclude_paths
+
+    from prefect_ml.environments.spec import context_files, dockerignore_patterns
+
+    ctx = tmp_path / "ctx"
+    for rel in ("docker/train.Dockerfile", "docker/notes.md", "src/app.py", "src/cache/x.pyc", "data/a.csv",
+                "data/keep.txt", "logs/deep/x.log", "README.md", ".git/HEAD"):
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(rel)
+    (ctx / "srclink").symlink_to("src")
+    (ctx / ".dockerignore").write_text("# comment\n  data  \n!data/keep.txt\ndocker\n**/*.pyc\n**/*.log\n.git\n")
+    ours = context_files(ctx, "docker/train.Dockerfile")
+    expected = exclude_paths(str(ctx.resolve()), dockerignore_patterns(ctx), dockerfile="docker/train.Dockerfile")
+    assert {rel for rel, _ in ours} == expected
+    assert {"docker/train.Dockerfile", "data/keep.txt", ".dockerignore", "srclink"} <= expected
+    assert not expected & {"docker/notes.md", "data/a.csv", "src/cache/x.pyc", "logs/deep/x.log", ".git/HEAD"}
+    assert dict(ours)["srclink"] == "link" and "srclink/app.py" not in expected
+    (ctx / ".dockerignore").unlink()  # nothing ignored: the same list, without importing docker-py
+    assert {rel for rel, _ in context_files(ctx, "docker/train.Dockerfile")} == exclude_paths(
+        str(ctx.resolve()), [], dockerfile="docker/train.Dockerfile")
+    code = (f"import sys; from prefect_ml.environments.spec import context_files; "
+            f"context_files({str(ctx)!r}, 'docker/train.Dockerfile'); print('docker' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def test_the_build_context_is_read_once_per_load_and_image_lookup(envs, monkeypatch):
+    """Loading a `build:` environment reads no file of its context (only the Dockerfile); `ensure_image`
+    hashes the context once for an existing image, twice for a build (the tag, then the check that
+    the context did not change while it was built); the labels reuse the first hash."""
+    import docker.errors
+
+    from prefect_ml.environments import ensure_image, image, load_environment, spec
+
+    reads: list[str] = []
+    real = spec.context_digest
+    monkeypatch.setattr(spec, "context_digest", lambda *a, **k: reads.append("x") or real(*a, **k))
+    dockerfile_env(envs, "counted")
+    env = load_environment("counted")
+    assert reads == []
+
+    class Images:
+        def __init__(self):
+            self.tags: set[str] = set()
+
+        def get(self, name):
+            if name == "prefect-ml/base:bookworm" or name in self.tags:
+                return type("Image", (), {"id": "sha256:base"})()
+            raise docker.errors.ImageNotFound(name)
+
+    class Api:
+        def __init__(self, images):
+            self.images, self.labels = images, {}
+
+        def build(self, *, tag, labels, **kwargs):
+            self.images.tags.add(tag)
+            self.labels = labels
+            return iter([{"stream": "Step 1/1 : FROM prefect-ml/base:bookworm\n"}])
+
+    client = type("Client", (), {})()
+    client.images = Images()
+    client.api = Api(client.images)
+    monkeypatch.setattr(image, "build_lock", lambda tag: __import__("contextlib").nullcontext())
+    tag = ensure_image(env, client)
+    assert len(reads) == 2 and tag == image.image_tag(env, "sha256:base")
+    assert client.api.labels["prefect-ml.environment-hash"].startswith(tag.rsplit(":", 1)[1])
+    reads.clear()
+    assert ensure_image(env, client) == tag and len(reads) == 1
 
 
 def test_dockerfile_environment_is_refused_on_process_infrastructure(envs, tmp_path):
