@@ -7,7 +7,6 @@ tests/integration/test_azure_pipelines.py. Fixtures (Azure's published schemas):
 from __future__ import annotations
 
 import logging
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,13 @@ from prefect_ml import Input, Output, load_component, pipeline
 from prefect_ml.dsl import azure_pipeline
 from prefect_ml.dsl.azure_pipeline import load_pipeline, load_pipeline_yaml
 from prefect_ml.errors import ComponentError, DataAssetError, EnvironmentSpecError, StorageError
+from tests.unit.conftest import write_yaml as write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
 PIPELINE = FIXTURES / "pipeline.yml"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PREFECT_ML_ARTIFACT_ROOT", raising=False)
-    azure_pipeline._warned.clear()
-    return tmp_path / "home"
-
-
-def write(tmp_path: Path, text: str, name: str = "pipeline.yml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text).lstrip())
-    return p
+pytestmark = pytest.mark.usefixtures("azure_home")
 
 
 def copy_fixtures(tmp_path: Path) -> Path:
@@ -177,11 +166,11 @@ def test_unknown_component_name(tmp_path):
 # --- environments --------------------------------------------------------------------------------------
 
 
-def test_inline_environment_is_written_once_by_content(home):
+def test_inline_environment_is_written_once_by_content(azure_home):
     p = load_pipeline(FIXTURES / "data_forms.yml")
     env = p.jobs["inspect"].component.environment
     assert env.startswith("inline-env-")
-    spec = home / "environments" / "inline" / env / "environment.yaml"
+    spec = azure_home / "environments" / "inline" / env / "environment.yaml"
     assert spec.is_file() and "python:3.11-slim" in spec.read_text()
     assert load_pipeline(FIXTURES / "data_forms.yml").jobs["inspect"].component.environment == env
     assert p.jobs["summarize"].component.environment == "local-py"  # settings.default_environment
@@ -224,7 +213,7 @@ def test_environment_problems_fail_at_load(tmp_path):
     assert load_component(component_with_env(root / "components", "azureml:local-py@latest")).environment == "local-py"
 
 
-def test_dockerfile_build_is_accepted_as_an_inline_environment(tmp_path, home):
+def test_dockerfile_build_is_accepted_as_an_inline_environment(tmp_path, azure_home):
     """`build: {path: ./docker}` (Azure's Docker build context) resolves to a generated environment that
     builds that Dockerfile; the same context is the same environment, its content is in the hash."""
     from prefect_ml.environments import load_environment
@@ -243,7 +232,7 @@ def test_dockerfile_build_is_accepted_as_an_inline_environment(tmp_path, home):
     env = load_environment(name)
     assert env.build_context == (tmp_path / "docker").resolve() and env.dockerfile == "Dockerfile"
     assert env.resolved_base_image() == "prefect-ml/base:bookworm"
-    assert (home / "environments" / "inline" / name / "environment.yaml").is_file()
+    assert (azure_home / "environments" / "inline" / name / "environment.yaml").is_file()
     assert load_component(p).environment == name  # the same context: the same environment
     before = env.spec_hash()
     (tmp_path / "docker" / "Dockerfile").write_text("FROM prefect-ml/base:bookworm\nENV STAGE=changed\n")

@@ -6,36 +6,25 @@ tests/integration/test_azure_pipelines.py)."""
 from __future__ import annotations
 
 import logging
-import textwrap
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from prefect_ml.dsl import azure_pipeline, component
+from prefect_ml.dsl import azure_pipeline
 from prefect_ml.dsl import pipeline as pipeline_module
 from prefect_ml.dsl.azure_pipeline import load_pipeline
 from prefect_ml.dsl.component import command, load_component
 from prefect_ml.dsl.pipeline import definition_of, pipeline
 from prefect_ml.errors import ComponentError
+from tests.unit.conftest import write_yaml as write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure"
 COMMAND = "python -c pass"
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PREFECT_ML_ARTIFACT_ROOT", raising=False)
-    component._warned.clear()
-    return tmp_path / "home"
-
-
-def write(folder: Path, text: str, name: str = "pipeline.yml") -> Path:
-    p = folder / name
-    p.write_text(textwrap.dedent(text).lstrip())
-    return p
+pytestmark = pytest.mark.usefixtures("azure_home")
 
 
 # --- continue_on_step_failure ---------------------------------------------------------------------------
