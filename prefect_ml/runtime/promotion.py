@@ -369,6 +369,23 @@ def compare(name: str, challenger_value: float, rule: Rule, against: str = CHAMP
                       decision=decision, reason=reason)
 
 
+# what an SQL store says when two writers insert the same new row (SQLite, MySQL, PostgreSQL)
+_DUPLICATE_ROW = ("unique constraint failed", "duplicate entry", "duplicate key value")
+
+
+def _set_tag(client: Any, name: str, version: Any, key: str, value: Any) -> None:
+    """`set_model_version_tag`, tried a second time when another writer added the same tag at the same
+    moment: MLflow's SQL store inserts a tag it did not find, so two runs that register the same model at
+    once (one cache key, one version) collide on the first write of each tag; the second try updates
+    the row the other one wrote."""
+    try:
+        client.set_model_version_tag(name, str(version), key, value)
+    except Exception as exc:
+        if not any(s in str(getattr(exc, "message", "") or exc).lower() for s in _DUPLICATE_ROW):
+            raise
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def record_comparison(comparison: Comparison, version: int, *, reused: bool = False) -> Comparison:
     """Tag the new version with the comparison and its status; a winner gets @challenger and
     `PendingManualApproval`, a loser `Rejected` (by the comparison), a version that already is the
@@ -390,7 +407,7 @@ def record_comparison(comparison: Comparison, version: int, *, reused: bool = Fa
             tags |= _status_tags(REJECTED, by="prefect-ml", reason=f"lost the comparison: {comparison.reason}",
                                  via="comparison")
         for k, v in _to_write(before, tags).items():
-            client.set_model_version_tag(name, str(version), k, v)
+            _set_tag(client, name, str(version), k, v)
         if comparison.wins:
             client.set_registered_model_alias(name, CHALLENGER, str(version))
     return comparison
@@ -431,7 +448,7 @@ def mark_pending(name: str, version: int, *, via: str, reason: str = "waiting fo
     with _registry(f"mark {name} version {version} pending") as client:
         model_version(client, name, version)
         for k, v in _status_tags(PENDING, by="prefect-ml", reason=reason, via=via).items():
-            client.set_model_version_tag(name, str(version), k, v)
+            _set_tag(client, name, str(version), k, v)
 
 
 def _stack_key(alias: str) -> str:
@@ -498,9 +515,9 @@ def promote(name: str, version: int, *, alias: str = CHAMPION, by: str | None = 
             stack.append(v)
         client.set_registered_model_alias(name, alias, str(v))
         for k, val in _status_tags(APPROVED, by=by, reason=reason + note, via=via).items():
-            client.set_model_version_tag(name, str(v), k, val)
+            _set_tag(client, name, str(v), k, val)
         if alias == CHAMPION:
-            client.set_model_version_tag(name, str(v), "prefect_ml.champion_since", event["at"])
+            _set_tag(client, name, str(v), "prefect_ml.champion_since", event["at"])
             if alias_version(client, name, CHALLENGER) == v:
                 client.delete_registered_model_alias(name, CHALLENGER)
         _write_history(client, name, alias, stack, [*events, event])
@@ -515,7 +532,7 @@ def reject(name: str, version: int, *, by: str | None = None, reason: str = "", 
         mv = model_version(client, name, version)
         v = int(mv.version)
         for k, val in _status_tags(REJECTED, by=by, reason=reason, via=via).items():
-            client.set_model_version_tag(name, str(v), k, val)
+            _set_tag(client, name, str(v), k, val)
         if alias_version(client, name, CHALLENGER) == v:
             client.delete_registered_model_alias(name, CHALLENGER)
     return {"name": name, "version": v, "status": REJECTED, "by": by, "reason": reason, "via": via}
@@ -543,7 +560,7 @@ def rollback(name: str, *, alias: str = CHAMPION, by: str | None = None, reason:
         event = {"action": "rollback", "version": previous, "from": current, "at": _now(), "by": by,
                  "reason": reason[:500], "via": via}
         client.set_registered_model_alias(name, alias, str(previous))
-        client.set_model_version_tag(name, str(current), ROLLED_BACK_TAG,
+        _set_tag(client, name, str(current), ROLLED_BACK_TAG,
                                      f"@{alias} rolled back to version {previous} at {event['at']} by {by}"
                                      + (f": {reason}" if reason else ""))
         _write_history(client, name, alias, stack[:-1], [*events, event])

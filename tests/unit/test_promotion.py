@@ -282,3 +282,27 @@ def test_an_unchanged_comparison_writes_no_tags_and_keeps_its_times():
     changed = {**again, f"{COMPARISON_TAG}decision": "holds"}
     assert _to_write(before, changed) == {f"{COMPARISON_TAG}decision": "holds", f"{COMPARISON_TAG}at": "t2"}
     assert _to_write({}, again) == again  # a new version gets every tag
+
+
+def test_a_tag_another_writer_added_at_the_same_moment_is_written_again():
+    """Two runs that register one model at once both write its new tags; MLflow's SQL store inserts a tag it
+    did not find, so one of them hits the other's row: the second try updates it. Other errors stay errors."""
+    from prefect_ml.runtime.promotion import _set_tag
+
+    class Store:
+        def __init__(self, first_error: str | None) -> None:
+            self.first_error, self.tags = first_error, {}
+
+        def set_model_version_tag(self, name, version, key, value):
+            if self.first_error:
+                error, self.first_error = self.first_error, None
+                raise RuntimeError(error)
+            self.tags[key] = value
+
+    collided = Store("(sqlite3.IntegrityError) UNIQUE constraint failed: model_version_tags.key")
+    _set_tag(collided, "m", 2, "prefect_ml.status", "PendingManualApproval")
+    assert collided.tags == {"prefect_ml.status": "PendingManualApproval"}
+    refused = Store("RESOURCE_DOES_NOT_EXIST: model version 2")
+    with pytest.raises(RuntimeError, match="RESOURCE_DOES_NOT_EXIST"):
+        _set_tag(refused, "m", 2, "k", "v")
+    assert refused.tags == {}
