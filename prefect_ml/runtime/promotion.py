@@ -23,7 +23,7 @@ import getpass
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -373,17 +373,21 @@ def compare(name: str, challenger_value: float, rule: Rule, against: str = CHAMP
 _DUPLICATE_ROW = ("unique constraint failed", "duplicate entry", "duplicate key value")
 
 
-def _set_tag(client: Any, name: str, version: Any, key: str, value: Any) -> None:
-    """`set_model_version_tag`, tried a second time when another writer added the same tag at the same
-    moment: MLflow's SQL store inserts a tag it did not find, so two runs that register the same model at
-    once (one cache key, one version) collide on the first write of each tag; the second try updates
-    the row the other one wrote."""
+def _upsert(call: Callable[..., Any], *args: Any) -> None:
+    """A registry write that sets a row (a version tag, an alias), tried a second time when another writer
+    added the same row at the same moment: MLflow's SQL store inserts a row it did not find, so two runs
+    that register the same model at once (one cache key, one version) collide on the first write of
+    each; the second try updates the row the other one wrote."""
     try:
-        client.set_model_version_tag(name, str(version), key, value)
+        call(*args)
     except Exception as exc:
         if not any(s in str(getattr(exc, "message", "") or exc).lower() for s in _DUPLICATE_ROW):
             raise
-        client.set_model_version_tag(name, str(version), key, value)
+        call(*args)
+
+
+def _set_tag(client: Any, name: str, version: Any, key: str, value: Any) -> None:
+    _upsert(client.set_model_version_tag, name, str(version), key, value)
 
 
 def record_comparison(comparison: Comparison, version: int, *, reused: bool = False) -> Comparison:
@@ -409,7 +413,7 @@ def record_comparison(comparison: Comparison, version: int, *, reused: bool = Fa
         for k, v in _to_write(before, tags).items():
             _set_tag(client, name, str(version), k, v)
         if comparison.wins:
-            client.set_registered_model_alias(name, CHALLENGER, str(version))
+            _upsert(client.set_registered_model_alias, name, CHALLENGER, str(version))
     return comparison
 
 
