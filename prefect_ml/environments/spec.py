@@ -374,13 +374,17 @@ def add_generated_dir(directory: Path) -> None:
 
 def search_dirs(start: Path | None = None) -> list[Path]:
     """`environments/` dirs to search, in order: PREFECT_ML_ENVIRONMENTS_DIR, dirs of inline
-    environments, then walking up from `start` (a component's code dir), then walking up from the
-    current directory."""
+    environments (those written by this process, and `<PREFECT_ML_HOME>/environments/inline`), then
+    walking up from `start` (a component's code dir), then walking up from the current directory."""
     dirs: list[Path] = []
     for part in (get_settings().environments_dir or "").split(os.pathsep):
         if part.strip():
             dirs.append(Path(part.strip()).expanduser().resolve())
     dirs += _generated_dirs
+    # this home's inline environments, also those another process wrote (a Dask worker sharing the home)
+    inline = get_settings().home_path / "environments" / "inline"
+    if inline.is_dir():
+        dirs.append(inline.resolve())
     for origin in (start, Path.cwd()):
         if origin is None:
             continue

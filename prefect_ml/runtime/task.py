@@ -52,6 +52,7 @@ def run_step(component: Component, inputs: dict[str, Any], run: RunSpec, step_na
         local = run.settings.for_this_machine()
         where = f"dask worker {worker} ({task_runners.this_process()})"
         task_runners.check_code_dir(component, step_name, where)
+        task_runners.check_inline_environment(component, step_name, where)
         logger.info(f"step '{step_name}' on {where}, staging in {local.home_path / 'staging'}")
         with _settings.use_settings(local):
             # the pipeline's flush cannot reach this process's queued MLflow writes: flush them here

@@ -166,6 +166,9 @@ def dask_worker_address() -> str | None:
         return None
 
 
+INLINE_PREFIX = "inline-"  # the names `environments.aliases.materialize_inline` gives
+
+
 def check_code_dir(component: Any, step_name: str, where: str) -> None:
     """A component's code dir travels by path: a worker needs the project at the same path."""
     code = getattr(component, "code", None)
@@ -173,6 +176,21 @@ def check_code_dir(component: Any, step_name: str, where: str) -> None:
         raise TaskRunnerError(
             f"step '{step_name}': the component's code dir {code} does not exist on {where}; install the project "
             "at the same path on every Dask worker (see docs/distributed.md).")
+
+
+def check_inline_environment(component: Any, step_name: str, where: str) -> None:
+    """An inline environment (an Azure YAML's `environment: {image: ...}`) is written under the pipeline
+    machine's PREFECT_ML_HOME when the YAML is loaded, so a Dask worker does not have it."""
+    name = getattr(component, "environment", None) or ""
+    if not name.startswith(INLINE_PREFIX):
+        return
+    from prefect_ml import environments
+
+    if name not in environments.known_environments(getattr(component, "code", None)):
+        raise TaskRunnerError(
+            f"step '{step_name}': its environment {name} is an inline environment of the pipeline YAML, written on "
+            f"the pipeline's machine when the YAML was loaded, and {where} does not have it; on Dask, name an "
+            "environment of the project's environments/ instead (see docs/distributed.md).")
 
 
 def this_process() -> str:

@@ -190,3 +190,26 @@ def test_worker_helpers_outside_a_worker(tmp_path):
         task_runners.check_code_dir(C(), "train", "w1")
     C.code = tmp_path
     task_runners.check_code_dir(C(), "train", "w1")
+
+
+def test_an_inline_environment_the_worker_lacks_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """An Azure YAML's inline environment is written under the pipeline machine's home: a worker with its own
+    home does not find it, and says so (a named environment of the project's environments/ works)."""
+    monkeypatch.setenv("PREFECT_ML_HOME", str(tmp_path / "worker-home"))
+    monkeypatch.chdir(tmp_path)
+
+    class C:
+        code = tmp_path
+        environment = "inline-inspect_data-0123456789ab"
+
+    with pytest.raises(TaskRunnerError, match=r"^step 'inspect': its environment inline-inspect_data-0123456789ab is "
+                                              r"an inline environment .*on Dask, name an environment of the project"):
+        task_runners.check_inline_environment(C(), "inspect", "dask worker tcp://w1")
+    C.environment = "sklearn-cpu"  # a named environment: found (or not) from the code dir as on any machine
+    task_runners.check_inline_environment(C(), "inspect", "dask worker tcp://w1")
+    # a worker that shares the pipeline's home (a local cluster) finds the inline environment written there
+    C.environment = "inline-inspect_data-0123456789ab"
+    written = tmp_path / "worker-home" / "environments" / "inline" / C.environment
+    written.mkdir(parents=True)
+    (written / "environment.yaml").write_text(f'{{"name": "{C.environment}", "base_image": "python:3.11-slim"}}\n')
+    task_runners.check_inline_environment(C(), "inspect", "dask worker tcp://w1")
