@@ -121,17 +121,16 @@ class PipelineRun:
 def _step_task(component: Component, task_run_name: str, stop: bool = False):  # -> prefect Task
     from prefect_ml.runtime.task import run_step
 
-    task = run_step.with_options(name=component.name, task_run_name=task_run_name, retries=component.retries,
-                                 timeout_seconds=component.timeout)
+    options: dict[str, Any] = {"name": component.name, "task_run_name": task_run_name, "retries": component.retries,
+                               "timeout_seconds": component.timeout}
     if not stop:
-        return task
+        return run_step.with_options(**options)
     # continue_on_step_failure=False: the same task, its function behind a check made when the step would
     # start (after its producers finished), and a hook that records the run's first failed step
     from prefect import Task
 
-    return Task(fn=run_step_unless_stopped, name=component.name, task_run_name=task_run_name,
-                retries=component.retries, timeout_seconds=component.timeout, cache_policy=task.cache_policy,
-                persist_result=False, on_failure=[_record_failure])
+    return Task(fn=run_step_unless_stopped, cache_policy=run_step.cache_policy, persist_result=False,
+                on_failure=[_record_failure], **options)
 
 
 # --- continue_on_step_failure=False ---------------------------------------------------------------------
